@@ -1,0 +1,1 @@
+"""Faust agents and the transfer flow they drive: message -> task -> transfer -> result."""

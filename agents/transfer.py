@@ -1,0 +1,187 @@
+"""One transfer, start to finish: resolve the connections, move the bytes, build the result."""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from agents.local_files import AtomicFile, HashingReader, jail, temp_name
+from app.registry import FtpConnection, LocalConnection, Registry
+from models.errors import FtpPoolerError, InvalidConfig, TransferIOError, UnknownError
+from models.result import Direction, Status, TransferResult
+from models.task import TransferTask
+from pools.manager import SessionPoolManager
+from pools.session import FTPSession
+
+log = structlog.get_logger("ftp_pooler.transfer")
+
+CLEANUP_TIMEOUT_SECONDS = 10.0
+KNOWN_DIRECTORIES_LIMIT = 10_000
+
+
+@dataclass
+class Moved:
+    """What a successful transfer reports."""
+
+    size: int
+    sha256: str
+
+
+class TransferRunner:
+    """Runs a task over pooled sessions and always returns its result (only cancellation escapes)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        pools: SessionPoolManager[FTPSession],
+        *,
+        worker_id: str,
+        block_size: int,
+        max_duration: float,
+        observe: Callable[[TransferResult], None] = lambda result: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.pools = pools
+        self.worker_id = worker_id
+        self.block_size = block_size
+        self.max_duration = max_duration
+        self.observe = observe
+        self._clock = clock
+        # Remote directories known to exist, so uploads do not probe them on every task.
+        self._known_dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    async def run(self, task: TransferTask) -> TransferResult:
+        started = self._clock()
+        direction: Direction | None = None
+        with structlog.contextvars.bound_contextvars(
+            task_id=task.task_id, src_id=task.src_id, dst_id=task.dst_id
+        ):
+            try:
+                direction, remote, local = self._plan(task)
+                async with asyncio.timeout(self.max_duration):
+                    if direction is Direction.DOWNLOAD:
+                        moved = await self._download(task, remote, local)
+                    else:
+                        moved = await self._upload(task, local, remote)
+            except TimeoutError:
+                error: FtpPoolerError = TransferIOError(
+                    f"transfer did not finish within {self.max_duration:.0f} s")
+            except FtpPoolerError as exc:
+                error = exc
+            except Exception as exc:  # the contract: every task gets a result
+                error = UnknownError(f"{type(exc).__name__}: {exc}")
+            else:
+                result = self._result(task, direction, started, moved=moved)
+                log.info("transfer_completed", direction=direction.value, bytes=moved.size,
+                         duration_ms=result.duration_ms)
+                self.observe(result)
+                return result
+            result = self._result(task, direction, started, error=error)
+            log.warning("transfer_failed", error_code=error.error_code.value, error=error.message,
+                        retryable=error.retryable, duration_ms=result.duration_ms)
+            self.observe(result)
+            return result
+
+    def _plan(self, task: TransferTask) -> tuple[Direction, FtpConnection, LocalConnection]:
+        src = self.registry.resolve(task.src_id)
+        dst = self.registry.resolve(task.dst_id)
+        if isinstance(src, FtpConnection) and isinstance(dst, LocalConnection):
+            return Direction.DOWNLOAD, src, dst
+        if isinstance(src, LocalConnection) and isinstance(dst, FtpConnection):
+            return Direction.UPLOAD, dst, src
+        kind = "local" if isinstance(src, LocalConnection) else "ftp"
+        raise InvalidConfig(
+            f"both ends are {kind} connections ({task.src_id!r} -> {task.dst_id!r}); "
+            "a task must move a file between an ftp and a local connection"
+        )
+
+    async def _download(self, task: TransferTask, remote: FtpConnection,
+                        local: LocalConnection) -> Moved:
+        target = AtomicFile(jail(local.base_path, task.dst_path), task.dst_path)
+        async with self.pools.session(remote.id) as session:
+            await target.open()
+            try:
+                await session.retrieve(task.src_path, target.write)
+                await target.commit()
+            except BaseException:
+                await asyncio.shield(target.discard())
+                raise
+        return Moved(target.size, target.sha256)
+
+    async def _upload(self, task: TransferTask, local: LocalConnection,
+                      remote: FtpConnection) -> Moved:
+        reader = HashingReader(jail(local.base_path, task.src_path), task.src_path, self.block_size)
+        handle = await reader.open()  # a missing source fails before a session is taken
+        directory, name = posixpath.split(task.dst_path)
+        temp_path = posixpath.join(directory, temp_name(name))
+        stored = False
+        try:
+            async with self.pools.session(remote.id) as session:
+                await self._ensure_directory(session, remote.id, directory)
+                stored = True
+                await session.store(temp_path, reader.blocks(handle))
+                await session.rename(temp_path, task.dst_path)
+                stored = False
+        except BaseException:
+            await asyncio.to_thread(handle.close)
+            if stored:
+                await asyncio.shield(self._remove_quietly(remote.id, temp_path))
+                self._known_dirs.pop((remote.id, directory), None)
+            raise
+        return Moved(reader.size, reader.sha256)
+
+    async def _ensure_directory(self, session: FTPSession, conn_id: str, directory: str) -> None:
+        if directory in ("", "/", "."):
+            return
+        key = (conn_id, directory)
+        if key in self._known_dirs:
+            self._known_dirs.move_to_end(key)
+            return
+        await session.make_directories(directory)
+        self._known_dirs[key] = None
+        if len(self._known_dirs) > KNOWN_DIRECTORIES_LIMIT:
+            self._known_dirs.popitem(last=False)
+
+    async def _remove_quietly(self, conn_id: str, path: str) -> None:
+        """Best effort: a failed upload's temporary file is removed on a fresh session."""
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT_SECONDS):
+                async with self.pools.session(conn_id) as session:
+                    await session.remove(path)
+        except Exception as exc:
+            log.info("temp_cleanup_failed", path=path, error=str(exc))
+
+    def _result(self, task: TransferTask, direction: Direction | None, started: float, *,
+                moved: Moved | None = None, error: FtpPoolerError | None = None) -> TransferResult:
+        fields: dict[str, Any] = {
+            "task_id": task.task_id,
+            "src_id": task.src_id,
+            "src_path": task.src_path,
+            "dst_id": task.dst_id,
+            "dst_path": task.dst_path,
+            "direction": direction.value if direction else None,
+            "duration_ms": int((self._clock() - started) * 1000),
+            "timestamp": utc_now(),
+            "attempts": 1,
+            "worker": self.worker_id,
+        }
+        if moved is not None:
+            return TransferResult(status=Status.SUCCESS.value, bytes_transferred=moved.size,
+                                  sha256=moved.sha256, **fields)
+        assert error is not None
+        return TransferResult(status=Status.FAILED.value, bytes_transferred=0,
+                              error_code=error.error_code.value, error_message=error.message,
+                              retryable=error.retryable, **fields)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

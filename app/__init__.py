@@ -1,0 +1,16 @@
+"""FTP Pooler's Faust application. ``faust -A app worker`` reads ``app.app``, built on first access.
+
+Building is lazy so that importing a submodule (settings, registry) never loads the worker config.
+"""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from app.main import app_from_environment
+
+        value = app_from_environment()
+        globals()["app"] = value
+        return value
+    raise AttributeError(f"module 'app' has no attribute {name!r}")

@@ -1,0 +1,165 @@
+"""The composition root: settings + registry -> Faust app with its agent, pools, views and metrics."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import faust
+import structlog
+from prometheus_client import CollectorRegistry
+
+from agents.in_flight import InFlight
+from agents.publisher import ResultPublisher
+from agents.tasks import TaskHandler, register_task_agent
+from agents.transfer import TransferRunner
+from app.logs import configure_logging
+from app.metrics import MetricsServer, StateCollector, TransferMetrics
+from app.registry import Registry, load_registry
+from app.settings import Settings, load_settings
+from app.web import register_views
+from models.errors import ConfigError
+from pools.manager import SessionPoolManager
+from pools.session import FTPSession
+
+log = structlog.get_logger("ftp_pooler.worker")
+
+VERSION = "0.1.0"
+
+
+class FtpPoolerApp(faust.App):
+    """A Faust app that bounds its own shutdown: in-flight transfers get a grace period, no more."""
+
+    settings: Settings
+    registry: Registry
+    pools: SessionPoolManager[FTPSession]
+    in_flight: InFlight
+    metrics_server: MetricsServer
+    _joined: bool = False
+    _stopping: bool = False
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker.id
+
+    def is_ready(self) -> bool:
+        return self._joined and not self._stopping and not self.should_stop
+
+    def status(self) -> dict[str, Any]:
+        assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in (self._assignment or ()))
+        return {
+            "worker": self.worker_id,
+            "version": VERSION,
+            "ready": self.is_ready(),
+            "assigned_partitions": assignment,
+            "in_flight": self.in_flight.running,
+            "max_in_flight": self.in_flight.limit,
+            "completed": self.in_flight.completed,
+            "pools": self.pools.snapshot(),
+        }
+
+    def on_init_dependencies(self) -> Any:
+        # Pools start before the agents that use them and, stopping in reverse, close after them.
+        return [self.pools, self.metrics_server, *super().on_init_dependencies()]
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        # Faust's own wait has no timeout (it would wait for a stuck transfer forever). Wait for
+        # in-flight tasks within the grace period, abandon the rest (their offsets stay
+        # uncommitted, so they are redelivered), then commit what finished.
+        self._stopping = self._stopping or self.should_stop
+        grace = self.settings.worker.shutdown_grace_seconds
+        abandoned = await self.in_flight.drain(grace)
+        if abandoned:
+            log.warning("tasks_abandoned", count=abandoned, grace_seconds=grace)
+        await consumer.commit()
+
+
+def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
+    """Build a ready-to-run worker app from validated settings and registry."""
+    kafka = settings.kafka
+    app = FtpPoolerApp(
+        kafka.consumer_group,
+        broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
+        store="memory://",
+        autodiscover=False,
+        datadir=str(settings.worker.data_dir),
+        web_enabled=True,
+        web_port=settings.api.port,
+        web_bind=settings.api.host,
+        web_host=settings.api.host,
+        broker_commit_interval=kafka.commit_interval_seconds,
+        stream_wait_empty=False,
+        stream_buffer_maxsize=max(16, settings.worker.max_in_flight),
+        topic_partitions=kafka.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    app.settings = settings
+    app.registry = registry
+    pools: SessionPoolManager[FTPSession] = SessionPoolManager(
+        max_sessions_per_pod=settings.pool.max_sessions_per_pod,
+        acquire_timeout=settings.pool.acquire_timeout_seconds,
+        session_timeout=settings.pool.session_timeout_seconds,
+        health_check_idle=settings.pool.health_check_idle_seconds,
+    )
+    transfer = settings.transfer
+    for connection in registry.ftp_connections():
+        cap = connection.max_sessions or settings.pool.max_sessions_per_connection
+        pools.add_pool(connection.id, cap, lambda c=connection: FTPSession(
+            c, connect_timeout=transfer.connect_timeout_seconds,
+            command_timeout=transfer.command_timeout_seconds, block_size=transfer.block_size))
+    app.pools = pools
+    app.in_flight = InFlight(settings.worker.max_in_flight)
+
+    metrics_registry = CollectorRegistry()
+    metrics = TransferMetrics(metrics_registry)
+    metrics_registry.register(StateCollector(pools.snapshot, lambda: app.in_flight.running))
+    app.metrics_server = MetricsServer(metrics_registry, settings.api.host, settings.metrics.port)
+
+    runner = TransferRunner(registry, pools, worker_id=settings.worker.id,
+                            block_size=transfer.block_size,
+                            max_duration=transfer.max_duration_seconds, observe=metrics.observe)
+    publisher = ResultPublisher(
+        app.topic(kafka.result_topic, key_serializer="raw", value_serializer="raw"),
+        app.topic(kafka.fail_topic, key_serializer="raw", value_serializer="raw"),
+    )
+    tasks_topic = app.topic(kafka.input_topic, key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw")
+    register_task_agent(app, tasks_topic, app.in_flight,
+                        TaskHandler(runner, publisher, settings.worker.id))
+    register_views(app)
+
+    @app.on_partitions_assigned.connect
+    async def _joined(app_: Any, assigned: Any, **kwargs: Any) -> None:
+        app._joined = True
+
+    @app.on_before_shutdown.connect
+    async def _stopping(app_: Any, **kwargs: Any) -> None:
+        app._stopping = True
+
+    @app.task
+    async def _announce() -> None:
+        log.info("worker_started", worker=settings.worker.id, version=VERSION,
+                 brokers=kafka.bootstrap_servers, group=kafka.consumer_group,
+                 input_topic=kafka.input_topic, connections=sorted(registry),
+                 api_port=settings.api.port, metrics_port=settings.metrics.port,
+                 max_in_flight=settings.worker.max_in_flight,
+                 max_sessions_per_pod=settings.pool.max_sessions_per_pod)
+
+    return app
+
+
+def app_from_environment() -> FtpPoolerApp:
+    """Load configuration from the environment; on any config error, say where and exit 2."""
+    try:
+        settings = load_settings()
+        configure_logging(settings.logging)
+        registry = load_registry(settings.connections_file)
+    except ConfigError as exc:
+        print(f"ftp-pooler: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    started = time.monotonic()
+    app = create_app(settings, registry)
+    log.debug("app_built", seconds=round(time.monotonic() - started, 3))
+    return app

@@ -1,0 +1,81 @@
+"""Prometheus metrics (prefix ``ftp_pooler_``) on their own port, from a registry passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import mode
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from models.result import TransferResult
+
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class TransferMetrics:
+    """Counters and histograms fed by every final result; labels are bounded (no ids, no paths)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.transfers = Counter(
+            "ftp_pooler_transfers_total", "Final task outcomes.",
+            ["direction", "status", "error_code"], registry=registry)
+        self.bytes = Counter(
+            "ftp_pooler_transfer_bytes_total", "Bytes moved by successful transfers.",
+            ["direction"], registry=registry)
+        self.duration = Histogram(
+            "ftp_pooler_transfer_duration_seconds", "Task duration, start to result.",
+            ["direction", "status"], buckets=DURATION_BUCKETS, registry=registry)
+
+    def observe(self, result: TransferResult) -> None:
+        direction = result.direction or "unknown"
+        self.transfers.labels(direction, result.status, result.error_code or "").inc()
+        if result.status == "success":
+            self.bytes.labels(direction).inc(result.bytes_transferred)
+        self.duration.labels(direction, result.status).observe(result.duration_ms / 1000)
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time from the live objects (sessions per state, tasks in flight)."""
+
+    def __init__(self, pools_snapshot: Callable[[], dict[str, Any]],
+                 in_flight: Callable[[], int]) -> None:
+        self._pools_snapshot = pools_snapshot
+        self._in_flight = in_flight
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sessions = GaugeMetricFamily("ftp_pooler_sessions", "Open FTP sessions by state.",
+                                     labels=["connection", "state"])
+        waiters = GaugeMetricFamily("ftp_pooler_session_waiters",
+                                    "Tasks waiting for a session.", labels=["connection"])
+        for conn_id, pool in self._pools_snapshot()["connections"].items():
+            for state in ("busy", "idle", "connecting"):
+                sessions.add_metric([conn_id, state], pool[state])
+            waiters.add_metric([conn_id], pool["waiting"])
+        yield sessions
+        yield waiters
+        yield GaugeMetricFamily("ftp_pooler_tasks_in_flight", "Tasks being transferred now.",
+                                value=self._in_flight())
+
+
+class MetricsServer(mode.Service):
+    """Serves ``/metrics`` on ``metrics.port`` (0 turns it off)."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self._server: Any = None
+
+    async def on_start(self) -> None:
+        if self.port:
+            self._server, _thread = start_http_server(self.port, self.host, registry=self.registry)
+
+    async def on_stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

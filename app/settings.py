@@ -1,0 +1,151 @@
+"""Worker settings: built-in defaults, then the YAML file named by FTP_POOLER_CONFIG, then env vars."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from models.errors import ConfigError
+
+CONFIG_ENV = "FTP_POOLER_CONFIG"
+CONNECTIONS_ENV = "FTP_POOLER_CONNECTIONS"
+ENV_PREFIX = "FTP_POOLER_"
+
+
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: Annotated[list[str], NoDecode, pydantic.BeforeValidator(_split_commas)] = [
+        "localhost:9092"
+    ]
+    consumer_group: str = "ftp-pooler"
+    input_topic: str = "ftp-tasks"
+    result_topic: str = "ftp-results"
+    fail_topic: str = "ftp-failures"
+    topic_partitions: int = pydantic.Field(8, ge=1)
+    commit_interval_seconds: float = pydantic.Field(2.8, gt=0)
+
+
+class PoolSettings(_Section):
+    max_sessions_per_pod: int = pydantic.Field(100, ge=1)
+    max_sessions_per_connection: int = pydantic.Field(10, ge=1)
+    session_timeout_seconds: float = pydantic.Field(300, gt=0)
+    acquire_timeout_seconds: float = pydantic.Field(30, gt=0)
+    health_check_idle_seconds: float = pydantic.Field(30, ge=0)
+
+
+class TransferSettings(_Section):
+    block_size: int = pydantic.Field(1024 * 1024, ge=4096)
+    connect_timeout_seconds: float = pydantic.Field(10, gt=0)
+    command_timeout_seconds: float = pydantic.Field(30, gt=0)
+    max_duration_seconds: float = pydantic.Field(3600, gt=0)
+
+
+class ApiSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = pydantic.Field(8080, ge=1, le=65535)
+
+
+class MetricsSettings(_Section):
+    port: int = pydantic.Field(9090, ge=0, le=65535)  # 0 turns the metrics endpoint off
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+    @pydantic.field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class WorkerSettings(_Section):
+    id: str = pydantic.Field(default_factory=socket.gethostname, min_length=1)
+    max_in_flight: int = pydantic.Field(100, ge=1)
+    shutdown_grace_seconds: float = pydantic.Field(25, ge=0)
+    data_dir: Path = Path("ftp-pooler-data")
+
+
+class Settings(BaseSettings):
+    """Everything a worker is configured with (SPEC section 3)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", case_sensitive=False
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    pool: PoolSettings = PoolSettings()
+    transfer: TransferSettings = TransferSettings()
+    api: ApiSettings = ApiSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    worker: WorkerSettings = pydantic.Field(default_factory=WorkerSettings)
+    connections_file: Path = Path("connections.ini")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+
+def load_settings() -> Settings:
+    """Read the YAML file (if any) and the environment; raise :class:`ConfigError` when invalid."""
+    config_path = os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    source = "built-in defaults and FTP_POOLER_* environment"
+    if config_path:
+        source = config_path
+        data = _read_yaml(Path(config_path))
+    connections = os.environ.get(CONNECTIONS_ENV)
+    if connections:
+        data["connections_file"] = connections
+    try:
+        return Settings(**data)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        key = ".".join(str(part) for part in first["loc"])
+        hint = f" (or {ENV_PREFIX}{key.upper().replace('.', '__')})"
+        raise ConfigError(source, first["msg"] + hint, key=key) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "top level must be a mapping of sections")
+    return data

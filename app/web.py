@@ -1,0 +1,45 @@
+"""HTTP views on Faust's own web server: /health, /ready, /status, /connections."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+
+if TYPE_CHECKING:
+    from app.main import FtpPoolerApp
+
+
+def register_views(app: FtpPoolerApp) -> None:
+    """Attach the views; each reads live state from ``app`` at request time."""
+
+    @app.page("/health")
+    class Health(View):
+        """Liveness: the event loop answered."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "worker": app.worker_id})
+
+    @app.page("/ready")
+    class Ready(View):
+        """Readiness: 503 until the worker has joined the group, and again while stopping."""
+
+        async def get(self, request: Request) -> Response:
+            ready = app.is_ready()
+            body = {"ready": ready, "worker": app.worker_id}
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/status")
+    class Status(View):
+        """This worker: partitions, tasks in flight, session pools per connection."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(app.status())
+
+    @app.page("/connections")
+    class Connections(View):
+        """Connection ids and their non-secret settings."""
+
+        async def get(self, request: Request) -> Response:
+            body: list[dict[str, Any]] = [c.public() for c in app.registry.values()]
+            return self.json({"connections": body})

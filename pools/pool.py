@@ -1,0 +1,121 @@
+"""The sessions of one FTP connection and the tasks waiting for one; bookkeeping only, no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from pools.session import SessionState
+
+
+class Session(Protocol):
+    """What a pool needs to know of a session (a fake one in unit tests, FTPSession for real)."""
+
+    state: SessionState
+    last_used: float
+    uses: int
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    @property
+    def is_broken(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def noop(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+S = TypeVar("S", bound=Session)
+
+
+@dataclass(eq=False)
+class Waiter(Generic[S]):
+    """One task waiting for a session; the manager sets ``session`` and then the event."""
+
+    pool: SessionPool[S]
+    seq: int
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    session: S | None = None
+
+
+class SessionPool(Generic[S]):
+    """Sessions of one connection: open ones (idle, busy or still connecting) and the waiters.
+
+    All methods are synchronous; the :class:`~pools.manager.SessionPoolManager` decides, under no
+    lock and without I/O, which waiter gets which session, then connects or closes outside.
+    """
+
+    def __init__(self, conn_id: str, max_sessions: int, factory: Callable[[], S]) -> None:
+        self.conn_id = conn_id
+        self.max_sessions = max_sessions
+        self.factory = factory
+        self.sessions: list[S] = []
+        self.waiters: deque[Waiter[S]] = deque()
+        self.opened_total = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<SessionPool {self.conn_id} [busy {self.busy}, idle {self.idle}, "
+            f"connecting {self.connecting}, waiting {len(self.waiters)} | max {self.max_sessions}]>"
+        )
+
+    # -- counts --------------------------------------------------------------------------------
+    @property
+    def open(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for s in self.sessions if s.state is SessionState.BUSY)
+
+    @property
+    def idle(self) -> int:
+        return sum(1 for s in self.sessions if s.state is SessionState.IDLE)
+
+    @property
+    def connecting(self) -> int:
+        return sum(1 for s in self.sessions if s.state is SessionState.DISCONNECTED)
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "open": self.open,
+            "busy": self.busy,
+            "idle": self.idle,
+            "connecting": self.connecting,
+            "waiting": len(self.waiters),
+            "max_sessions": self.max_sessions,
+            "opened_total": self.opened_total,
+        }
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def most_recent_idle(self) -> S | None:
+        """The idle session used last (keeps few sessions warm so the rest can expire)."""
+        idle = [s for s in self.sessions if s.state is SessionState.IDLE]
+        return max(idle, key=lambda s: s.last_used) if idle else None
+
+    def least_recent_idle(self) -> S | None:
+        idle = [s for s in self.sessions if s.state is SessionState.IDLE]
+        return min(idle, key=lambda s: s.last_used) if idle else None
+
+    def new_session(self) -> S:
+        """Add a not-yet-connected session (counts against the cap while it connects)."""
+        session = self.factory()
+        self.sessions.append(session)
+        self.opened_total += 1
+        return session
+
+    def discard(self, session: S) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+
+    def expired(self, now: float, idle_timeout: float) -> list[S]:
+        return [
+            s for s in self.sessions
+            if s.state is SessionState.IDLE and now - s.last_used > idle_timeout
+        ]

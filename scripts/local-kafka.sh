@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Fetch, start, probe and stop a single-node Apache Kafka broker (KRaft, combined broker+controller)
+# resolved from Maven Central. No Docker needed.
+#
+#   scripts/local-kafka.sh fetch   resolve the jars once into .cache/kafka/<version>/libs
+#   scripts/local-kafka.sh up      fetch, format storage, start on 127.0.0.1:$KAFKA_PORT, wait for metadata
+#   scripts/local-kafka.sh down    stop the broker by its PID (SIGTERM, then SIGKILL after 20 s)
+#   scripts/local-kafka.sh status  exit 0 when the broker answers a metadata request
+#
+# Environment: KAFKA_PORT (default 19092), KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1),
+# KAFKA_VERSION (default 4.4.0), KAFKA_STATE_DIR (default .local/kafka-$KAFKA_PORT),
+# KAFKA_HEAP (default 512m).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+version=${KAFKA_VERSION:-4.4.0}
+port=${KAFKA_PORT:-19092}
+cport=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
+state=${KAFKA_STATE_DIR:-$root/.local/kafka-$port}
+libs=$root/.cache/kafka/$version/libs
+heap=${KAFKA_HEAP:-512m}
+pidfile=$state/kafka.pid
+python=${PYTHON:-python3}
+
+log() { printf 'local-kafka: %s\n' "$*" >&2; }
+
+fetch() {
+  if [ -f "$libs/.complete" ]; then
+    return 0
+  fi
+  log "resolving org.apache.kafka:kafka_2.13:$version from Maven Central into $libs"
+  rm -rf "$libs"
+  mkdir -p "$libs"
+  mvn -q -B -f "$root/scripts/kafka/pom.xml" -Dkafka.version="$version" \
+    dependency:copy-dependencies -DoutputDirectory="$libs"
+  touch "$libs/.complete"
+}
+
+probe() {
+  "$python" "$root/scripts/kafka_probe.py" "127.0.0.1:$port" "$@"
+}
+
+running_pid() {
+  if [ -f "$pidfile" ]; then
+    local pid
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "$pid"
+      return 0
+    fi
+  fi
+  return 1
+}
+
+write_properties() {
+  cat > "$state/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$state/data
+num.partitions=8
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+PROPS
+}
+
+up() {
+  fetch
+  if pid=$(running_pid); then
+    log "already running (pid $pid) on 127.0.0.1:$port"
+    probe --wait 60
+    return 0
+  fi
+  mkdir -p "$state/logs"
+  write_properties
+  local java_cmd=(java "-Xms$heap" "-Xmx$heap" -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$root/scripts/kafka/log4j2.yaml" "-Dkafka.logs.dir=$state/logs"
+    -cp "$libs/*")
+  if [ ! -f "$state/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id=$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)
+    "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$state/server.properties" \
+      > "$state/logs/format.log" 2>&1 || { cat "$state/logs/format.log" >&2; exit 1; }
+  fi
+  log "starting Kafka $version on 127.0.0.1:$port (state in $state)"
+  nohup "${java_cmd[@]}" kafka.Kafka "$state/server.properties" > "$state/logs/stdout.log" 2>&1 &
+  echo $! > "$pidfile"
+  if ! probe --wait 90; then
+    log "broker did not answer within 90 s; last log lines:"
+    tail -n 30 "$state/logs/stdout.log" "$state/logs/server.log" >&2 || true
+    down
+    exit 1
+  fi
+  log "ready on 127.0.0.1:$port (pid $(cat "$pidfile"))"
+}
+
+down() {
+  local pid
+  if ! pid=$(running_pid); then
+    log "not running"
+    rm -f "$pidfile"
+    return 0
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "still alive after 20 s, sending SIGKILL"
+    kill -KILL "$pid" || true
+  fi
+  rm -f "$pidfile"
+  log "stopped (pid $pid)"
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  up) up ;;
+  down) down ;;
+  status) probe ;;
+  *) echo "usage: $0 fetch|up|down|status" >&2; exit 2 ;;
+esac

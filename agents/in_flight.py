@@ -1,9 +1,9 @@
 """Many tasks at once, acknowledged strictly in offset order per partition.
 
-Faust commits "highest contiguous acked offset + 1", but its gap guard is off by one (issue #606), so
-acking out of order can commit past a task still running. Here an event is acked only when it and
-every earlier event of its partition have finished: the acked offsets are always a prefix, and the
-committed offset can never pass an unfinished task.
+Faust commits "highest contiguous acked offset + 1", but its gap guard is off by one
+(issue #606), so acking out of order can commit past a task still running. Here an event is
+acked only when it and every earlier event of its partition have finished: the acked offsets are
+always a prefix, and the committed offset can never pass an unfinished task.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class InFlight:
     def running(self) -> int:
         return len(self._running)
 
+    def count_running(self) -> int:
+        return len(self._running)
+
     @property
     def unacked(self) -> int:
         return sum(len(q) for q in self._pending.values())
@@ -62,8 +65,9 @@ class InFlight:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, entry: _Entry, handler: Callable[[Any], Awaitable[None]],
-                   ack: Ack) -> None:
+    async def _run(
+        self, entry: _Entry, handler: Callable[[Any], Awaitable[None]], ack: Ack
+    ) -> None:
         try:
             await handler(entry.event)
             entry.finished = True

@@ -40,8 +40,12 @@ class ResultPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("result_publish_failed", task_id=result.task_id,
-                            topic=topic.get_topic_name(), error=f"{type(exc).__name__}: {exc}",
-                            retry_in_seconds=delay)
+                log.warning(
+                    "result_publish_failed",
+                    task_id=result.task_id,
+                    topic=topic.get_topic_name(),
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_seconds=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)

@@ -36,26 +36,49 @@ class TaskHandler:
             result = await self.runner.run(task)
         await self.publisher.publish(result)
 
-    def invalid_message(self, raw: bytes | None, message: Any, error: InvalidTask) -> TransferResult:
+    def invalid_message(
+        self, raw: bytes | None, message: Any, error: InvalidTask
+    ) -> TransferResult:
         task_id = peek_task_id(raw)
-        log.warning("task_invalid", task_id=task_id, error_code=error.error_code.value,
-                    error=error.message, topic=message.topic, partition=message.partition,
-                    offset=message.offset)
+        log.warning(
+            "task_invalid",
+            task_id=task_id,
+            error_code=error.error_code.value,
+            error=error.message,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        )
         result = TransferResult(
-            task_id=task_id, status=Status.FAILED.value, src_id=None, src_path=None, dst_id=None,
-            dst_path=None, direction=None, bytes_transferred=0, duration_ms=0,
-            timestamp=utc_now(), attempts=1, worker=self.worker_id,
-            error_code=error.error_code.value, error_message=error.message, retryable=False,
+            task_id=task_id,
+            status=Status.FAILED.value,
+            src_id=None,
+            src_path=None,
+            dst_id=None,
+            dst_path=None,
+            direction=None,
+            bytes_transferred=0,
+            duration_ms=0,
+            timestamp=utc_now(),
+            attempts=1,
+            worker=self.worker_id,
+            error_code=error.error_code.value,
+            error_message=error.message,
+            retryable=False,
             raw_value=raw_value_text(raw),
-            source={"topic": message.topic, "partition": message.partition,
-                    "offset": message.offset},
+            source={
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+            },
         )
         self.runner.observe(result)
         return result
 
 
-def register_task_agent(app: faust.App, topic: Any, in_flight: InFlight,
-                        handler: TaskHandler) -> Any:
+def register_task_agent(
+    app: faust.App, topic: Any, in_flight: InFlight, handler: TaskHandler
+) -> Any:
     """Subscribe one actor to ``topic``; it starts handlers and acks them in order (no auto-ack)."""
 
     async def transfer_tasks(stream: Any) -> None:

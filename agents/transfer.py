@@ -36,7 +36,7 @@ class Moved:
 
 
 class TransferRunner:
-    """Runs a task over pooled sessions and always returns its result (only cancellation escapes)."""
+    """Runs a task over pooled sessions; always returns its result (only cancellation escapes)."""
 
     def __init__(
         self,
@@ -74,20 +74,30 @@ class TransferRunner:
                         moved = await self._upload(task, local, remote)
             except TimeoutError:
                 error: FtpPoolerError = TransferIOError(
-                    f"transfer did not finish within {self.max_duration:.0f} s")
+                    f"transfer did not finish within {self.max_duration:.0f} s"
+                )
             except FtpPoolerError as exc:
                 error = exc
             except Exception as exc:  # the contract: every task gets a result
                 error = UnknownError(f"{type(exc).__name__}: {exc}")
             else:
                 result = self._result(task, direction, started, moved=moved)
-                log.info("transfer_completed", direction=direction.value, bytes=moved.size,
-                         duration_ms=result.duration_ms)
+                log.info(
+                    "transfer_completed",
+                    direction=direction.value,
+                    bytes=moved.size,
+                    duration_ms=result.duration_ms,
+                )
                 self.observe(result)
                 return result
             result = self._result(task, direction, started, error=error)
-            log.warning("transfer_failed", error_code=error.error_code.value, error=error.message,
-                        retryable=error.retryable, duration_ms=result.duration_ms)
+            log.warning(
+                "transfer_failed",
+                error_code=error.error_code.value,
+                error=error.message,
+                retryable=error.retryable,
+                duration_ms=result.duration_ms,
+            )
             self.observe(result)
             return result
 
@@ -104,8 +114,9 @@ class TransferRunner:
             "a task must move a file between an ftp and a local connection"
         )
 
-    async def _download(self, task: TransferTask, remote: FtpConnection,
-                        local: LocalConnection) -> Moved:
+    async def _download(
+        self, task: TransferTask, remote: FtpConnection, local: LocalConnection
+    ) -> Moved:
         target = AtomicFile(jail(local.base_path, task.dst_path), task.dst_path)
         async with self.pools.session(remote.id) as session:
             await target.open()
@@ -117,8 +128,9 @@ class TransferRunner:
                 raise
         return Moved(target.size, target.sha256)
 
-    async def _upload(self, task: TransferTask, local: LocalConnection,
-                      remote: FtpConnection) -> Moved:
+    async def _upload(
+        self, task: TransferTask, local: LocalConnection, remote: FtpConnection
+    ) -> Moved:
         reader = HashingReader(jail(local.base_path, task.src_path), task.src_path, self.block_size)
         handle = await reader.open()  # a missing source fails before a session is taken
         directory, name = posixpath.split(task.dst_path)
@@ -160,8 +172,15 @@ class TransferRunner:
         except Exception as exc:
             log.info("temp_cleanup_failed", path=path, error=str(exc))
 
-    def _result(self, task: TransferTask, direction: Direction | None, started: float, *,
-                moved: Moved | None = None, error: FtpPoolerError | None = None) -> TransferResult:
+    def _result(
+        self,
+        task: TransferTask,
+        direction: Direction | None,
+        started: float,
+        *,
+        moved: Moved | None = None,
+        error: FtpPoolerError | None = None,
+    ) -> TransferResult:
         fields: dict[str, Any] = {
             "task_id": task.task_id,
             "src_id": task.src_id,
@@ -175,12 +194,21 @@ class TransferRunner:
             "worker": self.worker_id,
         }
         if moved is not None:
-            return TransferResult(status=Status.SUCCESS.value, bytes_transferred=moved.size,
-                                  sha256=moved.sha256, **fields)
+            return TransferResult(
+                status=Status.SUCCESS.value,
+                bytes_transferred=moved.size,
+                sha256=moved.sha256,
+                **fields,
+            )
         assert error is not None
-        return TransferResult(status=Status.FAILED.value, bytes_transferred=0,
-                              error_code=error.error_code.value, error_message=error.message,
-                              retryable=error.retryable, **fields)
+        return TransferResult(
+            status=Status.FAILED.value,
+            bytes_transferred=0,
+            error_code=error.error_code.value,
+            error_message=error.message,
+            retryable=error.retryable,
+            **fields,
+        )
 
 
 def utc_now() -> str:

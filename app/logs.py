@@ -1,4 +1,4 @@
-"""structlog set-up: one JSON object per line (or console lines for humans), secrets never logged."""
+"""structlog set-up: one JSON object per line, or console lines for humans."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""The composition root: settings + registry -> Faust app with its agent, pools, views and metrics."""
+"""The composition root: settings + registry -> Faust app with agent, pools, views, metrics."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -16,8 +17,8 @@ from agents.tasks import TaskHandler, register_task_agent
 from agents.transfer import TransferRunner
 from app.logs import configure_logging
 from app.metrics import MetricsServer, StateCollector, TransferMetrics
-from app.registry import Registry, load_registry
-from app.settings import Settings, load_settings
+from app.registry import FtpConnection, Registry, load_registry
+from app.settings import Settings, TransferSettings, load_settings
 from app.web import register_views
 from models.errors import ConfigError
 from pools.manager import SessionPoolManager
@@ -59,6 +60,14 @@ class FtpPoolerApp(faust.App):
             "pools": self.pools.snapshot(),
         }
 
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        self._joined = True  # table recovery is done and the fetcher resumes: consuming
+
+    async def on_stop(self) -> None:
+        self._stopping = True  # /ready turns 503 before anything else stops
+        await super().on_stop()
+
     def on_init_dependencies(self) -> Any:
         # Pools start before the agents that use them and, stopping in reverse, close after them.
         return [self.pools, self.metrics_server, *super().on_init_dependencies()]
@@ -67,7 +76,6 @@ class FtpPoolerApp(faust.App):
         # Faust's own wait has no timeout (it would wait for a stuck transfer forever). Wait for
         # in-flight tasks within the grace period, abandon the rest (their offsets stay
         # uncommitted, so they are redelivered), then commit what finished.
-        self._stopping = self._stopping or self.should_stop
         grace = self.settings.worker.shutdown_grace_seconds
         abandoned = await self.in_flight.drain(grace)
         if abandoned:
@@ -106,48 +114,70 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     transfer = settings.transfer
     for connection in registry.ftp_connections():
         cap = connection.max_sessions or settings.pool.max_sessions_per_connection
-        pools.add_pool(connection.id, cap, lambda c=connection: FTPSession(
-            c, connect_timeout=transfer.connect_timeout_seconds,
-            command_timeout=transfer.command_timeout_seconds, block_size=transfer.block_size))
+        pools.add_pool(connection.id, cap, session_factory(connection, transfer))
     app.pools = pools
     app.in_flight = InFlight(settings.worker.max_in_flight)
 
     metrics_registry = CollectorRegistry()
     metrics = TransferMetrics(metrics_registry)
-    metrics_registry.register(StateCollector(pools.snapshot, lambda: app.in_flight.running))
+    metrics_registry.register(StateCollector(pools.snapshot, app.in_flight.count_running))
     app.metrics_server = MetricsServer(metrics_registry, settings.api.host, settings.metrics.port)
 
-    runner = TransferRunner(registry, pools, worker_id=settings.worker.id,
-                            block_size=transfer.block_size,
-                            max_duration=transfer.max_duration_seconds, observe=metrics.observe)
+    runner = TransferRunner(
+        registry,
+        pools,
+        worker_id=settings.worker.id,
+        block_size=transfer.block_size,
+        max_duration=transfer.max_duration_seconds,
+        observe=metrics.observe,
+    )
     publisher = ResultPublisher(
         app.topic(kafka.result_topic, key_serializer="raw", value_serializer="raw"),
         app.topic(kafka.fail_topic, key_serializer="raw", value_serializer="raw"),
     )
-    tasks_topic = app.topic(kafka.input_topic, key_type=bytes, value_type=bytes,
-                            key_serializer="raw", value_serializer="raw")
-    register_task_agent(app, tasks_topic, app.in_flight,
-                        TaskHandler(runner, publisher, settings.worker.id))
+    tasks_topic = app.topic(
+        kafka.input_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    register_task_agent(
+        app, tasks_topic, app.in_flight, TaskHandler(runner, publisher, settings.worker.id)
+    )
     register_views(app)
-
-    @app.on_partitions_assigned.connect
-    async def _joined(app_: Any, assigned: Any, **kwargs: Any) -> None:
-        app._joined = True
-
-    @app.on_before_shutdown.connect
-    async def _stopping(app_: Any, **kwargs: Any) -> None:
-        app._stopping = True
 
     @app.task
     async def _announce() -> None:
-        log.info("worker_started", worker=settings.worker.id, version=VERSION,
-                 brokers=kafka.bootstrap_servers, group=kafka.consumer_group,
-                 input_topic=kafka.input_topic, connections=sorted(registry),
-                 api_port=settings.api.port, metrics_port=settings.metrics.port,
-                 max_in_flight=settings.worker.max_in_flight,
-                 max_sessions_per_pod=settings.pool.max_sessions_per_pod)
+        log.info(
+            "worker_started",
+            worker=settings.worker.id,
+            version=VERSION,
+            brokers=kafka.bootstrap_servers,
+            group=kafka.consumer_group,
+            input_topic=kafka.input_topic,
+            connections=sorted(registry),
+            api_port=settings.api.port,
+            metrics_port=settings.metrics.port,
+            max_in_flight=settings.worker.max_in_flight,
+            max_sessions_per_pod=settings.pool.max_sessions_per_pod,
+        )
 
     return app
+
+
+def session_factory(
+    connection: FtpConnection, transfer: TransferSettings
+) -> Callable[[], FTPSession]:
+    def new_session() -> FTPSession:
+        return FTPSession(
+            connection,
+            connect_timeout=transfer.connect_timeout_seconds,
+            command_timeout=transfer.command_timeout_seconds,
+            block_size=transfer.block_size,
+        )
+
+    return new_session
 
 
 def app_from_environment() -> FtpPoolerApp:

@@ -21,14 +21,24 @@ class TransferMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.transfers = Counter(
-            "ftp_pooler_transfers_total", "Final task outcomes.",
-            ["direction", "status", "error_code"], registry=registry)
+            "ftp_pooler_transfers_total",
+            "Final task outcomes.",
+            ["direction", "status", "error_code"],
+            registry=registry,
+        )
         self.bytes = Counter(
-            "ftp_pooler_transfer_bytes_total", "Bytes moved by successful transfers.",
-            ["direction"], registry=registry)
+            "ftp_pooler_transfer_bytes_total",
+            "Bytes moved by successful transfers.",
+            ["direction"],
+            registry=registry,
+        )
         self.duration = Histogram(
-            "ftp_pooler_transfer_duration_seconds", "Task duration, start to result.",
-            ["direction", "status"], buckets=DURATION_BUCKETS, registry=registry)
+            "ftp_pooler_transfer_duration_seconds",
+            "Task duration, start to result.",
+            ["direction", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
 
     def observe(self, result: TransferResult) -> None:
         direction = result.direction or "unknown"
@@ -41,24 +51,28 @@ class TransferMetrics:
 class StateCollector(Collector):
     """Gauges read at scrape time from the live objects (sessions per state, tasks in flight)."""
 
-    def __init__(self, pools_snapshot: Callable[[], dict[str, Any]],
-                 in_flight: Callable[[], int]) -> None:
+    def __init__(
+        self, pools_snapshot: Callable[[], dict[str, Any]], in_flight: Callable[[], int]
+    ) -> None:
         self._pools_snapshot = pools_snapshot
         self._in_flight = in_flight
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        sessions = GaugeMetricFamily("ftp_pooler_sessions", "Open FTP sessions by state.",
-                                     labels=["connection", "state"])
-        waiters = GaugeMetricFamily("ftp_pooler_session_waiters",
-                                    "Tasks waiting for a session.", labels=["connection"])
+        sessions = GaugeMetricFamily(
+            "ftp_pooler_sessions", "Open FTP sessions by state.", labels=["connection", "state"]
+        )
+        waiters = GaugeMetricFamily(
+            "ftp_pooler_session_waiters", "Tasks waiting for a session.", labels=["connection"]
+        )
         for conn_id, pool in self._pools_snapshot()["connections"].items():
             for state in ("busy", "idle", "connecting"):
                 sessions.add_metric([conn_id, state], pool[state])
             waiters.add_metric([conn_id], pool["waiting"])
         yield sessions
         yield waiters
-        yield GaugeMetricFamily("ftp_pooler_tasks_in_flight", "Tasks being transferred now.",
-                                value=self._in_flight())
+        yield GaugeMetricFamily(
+            "ftp_pooler_tasks_in_flight", "Tasks being transferred now.", value=self._in_flight()
+        )
 
 
 class MetricsServer(mode.Service):

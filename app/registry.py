@@ -30,8 +30,15 @@ class FtpConnection:
 
     def public(self) -> dict[str, Any]:
         """Settings safe to show anywhere (never the password)."""
-        return {"id": self.id, "type": "ftp", "host": self.host, "port": self.port,
-                "user": self.user, "passive": self.passive, "max_sessions": self.max_sessions}
+        return {
+            "id": self.id,
+            "type": "ftp",
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "passive": self.passive,
+            "max_sessions": self.max_sessions,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,9 @@ def load_registry(path: Path) -> Registry:
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle, source=source)
     except OSError as exc:
-        raise ConfigError(source, f"cannot read connection registry: {exc.strerror or exc}") from None
+        raise ConfigError(
+            source, f"cannot read connection registry: {exc.strerror or exc}"
+        ) from None
     except configparser.DuplicateSectionError as exc:
         raise ConfigError(source, "connection id defined twice", section=exc.section) from None
     except configparser.DuplicateOptionError as exc:

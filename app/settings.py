@@ -1,4 +1,4 @@
-"""Worker settings: built-in defaults, then the YAML file named by FTP_POOLER_CONFIG, then env vars."""
+"""Worker settings: built-in defaults, then the YAML file (FTP_POOLER_CONFIG), then env vars."""
 
 from __future__ import annotations
 

@@ -80,8 +80,9 @@ class UnknownError(FtpPoolerError):
 class ConfigError(Exception):
     """The worker's settings or connection registry are invalid; the worker must not start."""
 
-    def __init__(self, source: str, message: str, *, section: str | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self, source: str, message: str, *, section: str | None = None, key: str | None = None
+    ) -> None:
         self.source = source
         self.section = section
         self.key = key

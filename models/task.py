@@ -1,4 +1,4 @@
-"""The task Record consumed from ``ftp-tasks`` and the strict parser that builds it from raw bytes."""
+"""The task Record consumed from ``ftp-tasks`` and the strict parser that builds it."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class _TaskSchema(pydantic.BaseModel):
 
 
 class TransferTask(faust.Record, serializer="json", include_metadata=False):
-    """One file to move: from ``src_path`` on connection ``src_id`` to ``dst_path`` on ``dst_id``."""
+    """One file to move: ``src_path`` on connection ``src_id`` to ``dst_path`` on ``dst_id``."""
 
     task_id: str
     src_id: str

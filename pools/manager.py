@@ -140,13 +140,13 @@ class SessionPoolManager(mode.Service, Generic[S]):
                 log.info("session_opened", connection=pool.conn_id, open=pool.open)
                 return True
             idle_for = self._clock() - session.last_used
-            if self.health_check_idle and idle_for > self.health_check_idle:
-                if not await session.noop():
-                    log.info("session_closed", connection=pool.conn_id, reason="stale")
-                    pool.discard(session)
-                    self._count_close(pool, "stale")
-                    await self._close([session, *self._assign()])
-                    return False
+            long_idle = self.health_check_idle and idle_for > self.health_check_idle
+            if long_idle and not await session.noop():
+                log.info("session_closed", connection=pool.conn_id, reason="stale")
+                pool.discard(session)
+                self._count_close(pool, "stale")
+                await self._close([session, *self._assign()])
+                return False
             return True
         except BaseException:
             pool.discard(session)
@@ -176,8 +176,9 @@ class SessionPoolManager(mode.Service, Generic[S]):
         """Give free or new sessions to waiters, oldest first; return sessions to close."""
         to_close: list[S] = []
         while not self._closing:
-            heads = sorted((p for p in self.pools.values() if p.waiters),
-                           key=lambda p: p.waiters[0].seq)
+            heads = sorted(
+                (p for p in self.pools.values() if p.waiters), key=lambda p: p.waiters[0].seq
+            )
             for pool in heads:
                 session = pool.most_recent_idle()
                 if session is None and pool.open < pool.max_sessions:
@@ -251,7 +252,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
             while pool.waiters:
                 pool.waiters.popleft().event.set()  # session None: the waiter raises
             sessions.extend(pool.sessions)
-            for session in pool.sessions:
+            for _session in pool.sessions:
                 self._count_close(pool, "shutdown")
             pool.sessions.clear()
         await self._close(sessions)

@@ -116,6 +116,7 @@ class SessionPool(Generic[S]):
 
     def expired(self, now: float, idle_timeout: float) -> list[S]:
         return [
-            s for s in self.sessions
+            s
+            for s in self.sessions
             if s.state is SessionState.IDLE and now - s.last_used > idle_timeout
         ]

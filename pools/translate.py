@@ -1,4 +1,4 @@
-"""The one place where aioftp and OS errors become FTP Pooler errors (nothing from aioftp leaks up)."""
+"""The one place where aioftp and OS errors become FTP Pooler errors (no aioftp leaks up)."""
 
 from __future__ import annotations
 

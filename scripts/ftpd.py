@@ -21,8 +21,14 @@ from pyftpdlib.servers import FTPServer
 class EmbeddedFTPServer:
     """A real FTP server on loopback; ``user``/``password`` get full rights under ``root``."""
 
-    def __init__(self, root: Path, user: str = "alice", password: str = "s3cret-pw",
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        user: str = "alice",
+        password: str = "s3cret-pw",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.root = Path(root)
         self.user = user
         self.password = password
@@ -89,7 +95,7 @@ class EmbeddedFTPServer:
         server = self._server
         assert server is not None
         while not self._stopping.is_set():
-            server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+            server.ioloop.loop(timeout=0.05, blocking=False)
         server.close_all()
 
     def stop(self) -> None:

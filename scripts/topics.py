@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -17,10 +18,8 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> li
         existing = set(await admin.list_topics())
         missing = [name for name in names if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
-            except TopicAlreadyExistsError:
-                pass
         return missing
     finally:
         await admin.close()

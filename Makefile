@@ -1,0 +1,49 @@
+# The same commands CI runs: CI calls `make test` and nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The test broker gets its own port and state, so a dev broker (make kafka-up) is left alone.
+TEST_KAFKA_PORT ?= 19192
+DEMO_KAFKA_PORT ?= 19292
+export KAFKA_PORT ?= 19092
+
+.PHONY: setup demo test unit lint kafka-up kafka-down kafka-fetch clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+kafka-fetch:
+	scripts/local-kafka.sh fetch
+
+kafka-up:
+	scripts/local-kafka.sh up
+
+kafka-down:
+	scripts/local-kafka.sh down
+
+demo: setup kafka-fetch
+	PYTHON=$(BIN)/python KAFKA_PORT=$(DEMO_KAFKA_PORT) $(BIN)/python -m scripts.demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+test: setup kafka-fetch lint
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test scripts/local-kafka.sh down
+	rm -rf $(CURDIR)/.local/kafka-test
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test scripts/local-kafka.sh up
+	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(TEST_KAFKA_PORT) $(BIN)/pytest; status=$$?; \
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test scripts/local-kafka.sh down; \
+	exit $$status
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""A fake session factory for unit tests of the pool's bookkeeping (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from models.errors import ConnectionFailed
+from pools.session import SessionState
+
+
+class FakeSession:
+    """Connects after ``connect_delay``; fails to connect or NOOP when told to."""
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.state = SessionState.DISCONNECTED
+        self.last_used = 0.0
+        self.uses = 0
+        self.closed = False
+        self.connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state in (SessionState.IDLE, SessionState.BUSY)
+
+    @property
+    def is_broken(self) -> bool:
+        return self.state is SessionState.ERROR
+
+    async def connect(self) -> None:
+        await asyncio.sleep(self.server.connect_delay)
+        if self.server.refuse_connect:
+            self.state = SessionState.ERROR
+            raise ConnectionFailed("refused")
+        self.server.live += 1
+        self.connected = True
+        self.server.max_live = max(self.server.max_live, self.server.live)
+        self.state = SessionState.IDLE
+
+    async def noop(self) -> bool:
+        return not self.server.stale
+
+    async def aclose(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.server.live -= 1
+        self.closed = True
+        self.state = SessionState.DISCONNECTED
+
+
+class FakeServer:
+    """Counts live sessions of one connection, like a server would."""
+
+    def __init__(self, connect_delay: float = 0.0) -> None:
+        self.connect_delay = connect_delay
+        self.refuse_connect = False
+        self.stale = False
+        self.live = 0
+        self.max_live = 0
+        self.sessions: list[FakeSession] = []
+
+    def factory(self) -> FakeSession:
+        session = FakeSession(self)
+        self.sessions.append(session)
+        return session

@@ -1,0 +1,20 @@
+"""Fixtures for the integration suite: the real broker (started by `make test`) and FTP servers."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.support.stack import KAFKA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kafka_broker() -> str:
+    """The broker `make test` started; without it the suite fails loudly (never skips)."""
+    host, _, port = KAFKA.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        pytest.fail(f"no Kafka broker at {KAFKA} ({exc}); run the suite with `make test`")
+    return KAFKA

@@ -97,6 +97,8 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         web_bind=settings.api.host,
         web_host=settings.api.host,
         broker_commit_interval=kafka.commit_interval_seconds,
+        broker_session_timeout=kafka.session_timeout_seconds,
+        broker_heartbeat_interval=kafka.heartbeat_interval_seconds,
         stream_wait_empty=False,
         stream_buffer_maxsize=max(16, settings.worker.max_in_flight),
         topic_partitions=kafka.topic_partitions,

@@ -43,6 +43,9 @@ class KafkaSettings(_Section):
     fail_topic: str = "ftp-failures"
     topic_partitions: int = pydantic.Field(8, ge=1)
     commit_interval_seconds: float = pydantic.Field(2.8, gt=0)
+    # How long the group waits for a silent (crashed) worker before giving its partitions away.
+    session_timeout_seconds: float = pydantic.Field(30, ge=6)
+    heartbeat_interval_seconds: float = pydantic.Field(3, gt=0)
 
 
 class PoolSettings(_Section):

@@ -96,6 +96,8 @@ class Worker:
             "FTP_POOLER_KAFKA__RESULT_TOPIC": self.names.results,
             "FTP_POOLER_KAFKA__FAIL_TOPIC": self.names.failures,
             "FTP_POOLER_KAFKA__COMMIT_INTERVAL_SECONDS": "1",
+            "FTP_POOLER_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
+            "FTP_POOLER_KAFKA__HEARTBEAT_INTERVAL_SECONDS": "1",
             "FTP_POOLER_API__HOST": "127.0.0.1",
             "FTP_POOLER_API__PORT": str(self.api_port),
             "FTP_POOLER_METRICS__PORT": str(self.metrics_port),

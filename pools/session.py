@@ -6,6 +6,7 @@ import asyncio
 import enum
 import posixpath
 import time
+from pathlib import PurePosixPath
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import TypeVar
@@ -132,7 +133,23 @@ class FTPSession:
         await self._run("destination", self._client.rename(source, target), target)
 
     async def make_directories(self, path: str) -> None:
-        await self._run("destination", self._client.make_directory(path, parents=True), path)
+        """MKD each level of ``path``; a 5xx (usually "exists") is left for STOR to judge.
+
+        Not aioftp's ``make_directory``: it checks, then creates, and loses the race when two
+        sessions create the same new directory at once.
+        """
+
+        async def body() -> None:
+            for level in reversed((PurePosixPath(path), *PurePosixPath(path).parents)):
+                if str(level) in ("/", "."):
+                    continue
+                try:
+                    await self._client.command(f"MKD {level}", "257")
+                except aioftp.StatusCodeError as exc:
+                    if not any(str(code).startswith("5") for code in exc.received_codes):
+                        raise
+
+        await self._run("destination", body(), path)
 
     async def remove(self, path: str) -> None:
         await self._run("destination", self._client.remove_file(path), path)

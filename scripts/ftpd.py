@@ -8,6 +8,7 @@ control connections now) and ``max_sessions`` (the most at once).
 from __future__ import annotations
 
 import argparse
+import logging
 import threading
 import time
 from pathlib import Path
@@ -54,6 +55,11 @@ class EmbeddedFTPServer:
             self.max_sessions = self.sessions
 
     def start(self) -> EmbeddedFTPServer:
+        # One line per FTP command is noise; pyftpdlib configures its own handler unless one exists.
+        ftpd_logger = logging.getLogger("pyftpdlib")
+        ftpd_logger.setLevel(logging.WARNING)
+        if not ftpd_logger.handlers:
+            ftpd_logger.addHandler(logging.NullHandler())
         self._stopping.clear()
         authorizer = DummyAuthorizer()
         self.root.mkdir(parents=True, exist_ok=True)

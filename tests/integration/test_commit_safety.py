@@ -41,8 +41,9 @@ async def test_kill_with_slow_task_in_flight_keeps_its_offset_uncommitted(tmp_pa
         worker.start().wait_ready()
 
         tasks = [task("slow", "ftp-a", "/slow.bin", "local", "/slow.bin")]
-        tasks += [task(f"fast-{n}", "ftp-a", "/fast.txt", "local", f"/fast-{n}.txt")
-                  for n in range(5)]
+        tasks += [
+            task(f"fast-{n}", "ftp-a", "/fast.txt", "local", f"/fast-{n}.txt") for n in range(5)
+        ]
         await produce(names.tasks, tasks, partition=0)
         done = await collect(names, count=5, timeout=60)
         assert {r.value["task_id"] for r in done} == {f"fast-{n}" for n in range(5)}
@@ -57,8 +58,11 @@ async def test_kill_with_slow_task_in_flight_keeps_its_offset_uncommitted(tmp_pa
         started = time.monotonic()
         worker.start().wait_ready()
         received = await collect(
-            names, count=100, timeout=60,
-            until=lambda rs: any(r.value["task_id"] == "slow" for r in rs))
+            names,
+            count=100,
+            timeout=60,
+            until=lambda rs: any(r.value["task_id"] == "slow" for r in rs),
+        )
         slow_results = [r.value for r in received if r.value["task_id"] == "slow"]
         assert len(slow_results) == 1
         assert slow_results[0]["status"] == "success"

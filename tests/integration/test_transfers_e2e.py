@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from scripts.ftpd import EmbeddedFTPServer
-from tests.support.stack import Names, Worker, collect, make_topics, produce, task, write_connections
+from tests.support.stack import (
+    Names,
+    Worker,
+    collect,
+    make_topics,
+    produce,
+    task,
+    write_connections,
+)
 
 SIZES = [0, 1, 64 * 1024, 5 * 1024 * 1024]
 CAP = 4
@@ -26,10 +34,15 @@ class Stack:
         self.storage.mkdir(parents=True)
         self.ftp = EmbeddedFTPServer(self.ftp_root, password=PASSWORD).start()
         self.names = Names()
-        connections = write_connections(root / "connections.ini", self.ftp.port, self.storage,
-                                        password=PASSWORD)
-        self.worker = Worker(root, self.names, connections, extra_env={
-            "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(CAP)})
+        connections = write_connections(
+            root / "connections.ini", self.ftp.port, self.storage, password=PASSWORD
+        )
+        self.worker = Worker(
+            root,
+            self.names,
+            connections,
+            extra_env={"FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(CAP)},
+        )
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +75,29 @@ async def test_200_downloads_and_200_uploads_arrive_byte_identical_once_each(sta
         remote.parent.mkdir(parents=True, exist_ok=True)
         remote.write_bytes(data)
         tid = f"down-{n}"
-        tasks.append(task(tid, "ftp-a", f"/dl/sub{n % 7}/file-{n}.bin", "local",
-                          f"/downloads/sub{n % 7}/file-{n}.bin"))
-        expected[tid] = (stack.storage / "downloads" / f"sub{n % 7}" / f"file-{n}.bin",
-                         sha256(data))
+        tasks.append(
+            task(
+                tid,
+                "ftp-a",
+                f"/dl/sub{n % 7}/file-{n}.bin",
+                "local",
+                f"/downloads/sub{n % 7}/file-{n}.bin",
+            )
+        )
+        expected[tid] = (
+            stack.storage / "downloads" / f"sub{n % 7}" / f"file-{n}.bin",
+            sha256(data),
+        )
     for n in range(200):
         data = rng.randbytes(SIZES[n % 4])
         local = stack.storage / "ul" / f"file-{n}.bin"
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(data)
         tid = f"up-{n}"
-        tasks.append(task(tid, "local", f"/ul/file-{n}.bin", "ftp-a",
-                          f"/uploads/d{n % 5}/file-{n}.bin"))
-        expected[tid] = (stack.ftp_root / "uploads" / f"d{n % 5}" / f"file-{n}.bin",
-                         sha256(data))
+        tasks.append(
+            task(tid, "local", f"/ul/file-{n}.bin", "ftp-a", f"/uploads/d{n % 5}/file-{n}.bin")
+        )
+        expected[tid] = (stack.ftp_root / "uploads" / f"d{n % 5}" / f"file-{n}.bin", sha256(data))
     await produce(stack.names.tasks, tasks)
 
     received = await collect(stack.names, count=400, timeout=240)
@@ -92,7 +114,9 @@ async def test_200_downloads_and_200_uploads_arrive_byte_identical_once_each(sta
         assert value["sha256"] == digest
         assert sha256(path.read_bytes()) == digest
         assert value["bytes_transferred"] == path.stat().st_size
-        assert value["direction"] == ("download" if value["task_id"].startswith("down") else "upload")
+        assert value["direction"] == (
+            "download" if value["task_id"].startswith("down") else "upload"
+        )
         assert value["attempts"] == 1 and value["worker"] == "w1"
         assert value["timestamp"].endswith("+00:00")
         assert "error_code" not in value
@@ -113,8 +137,12 @@ async def test_each_kind_of_bad_task_gets_one_failure_with_the_right_code(stack)
         task("escape", "ftp-a", "/dl/sub0/file-0.bin", "local", "../../outside.bin"),
         task("dead", "ftp-dead", "/a", "local", "/x/dead"),
     ]
-    missing_field = {"task_id": "missing-field", "src_id": "ftp-a", "dst_id": "local",
-                     "dst_path": "/x"}
+    missing_field = {
+        "task_id": "missing-field",
+        "src_id": "ftp-a",
+        "dst_id": "local",
+        "dst_path": "/x",
+    }
     wrong_type = {**task("wrong-type", "ftp-a", "/a", "local", "/x"), "src_path": 42}
     await produce(stack.names.tasks, [*good, b"this is not json", missing_field, wrong_type])
     received = await collect(stack.names, count=400 + 9, timeout=120)
@@ -139,7 +167,9 @@ async def test_each_kind_of_bad_task_gets_one_failure_with_the_right_code(stack)
         assert value["error_message"] and PASSWORD not in value["error_message"]
         assert value["attempts"] == 1
     assert "src_path: Field required" in failures["missing-field"].value["error_message"]
-    assert "src_path: Input should be a valid string" in failures["wrong-type"].value["error_message"]
+    assert (
+        "src_path: Input should be a valid string" in failures["wrong-type"].value["error_message"]
+    )
     assert "outside the connection's base_path" in failures["escape"].value["error_message"]
     for unparsable in (None, "missing-field", "wrong-type"):
         value = failures[unparsable].value
@@ -169,7 +199,9 @@ async def test_web_views_report_health_readiness_status_and_connections_without_
     metrics_status, metrics = worker.get("/metrics", port=worker.metrics_port)
     assert metrics_status == 200
     for direction in ("download", "upload"):
-        line = f'ftp_pooler_transfers_total{{direction="{direction}",error_code="",status="success"}}'
+        line = (
+            f'ftp_pooler_transfers_total{{direction="{direction}",error_code="",status="success"}}'
+        )
         assert f"{line} 200.0" in metrics
     for text in (str(body), metrics, worker.log_text()):
         assert PASSWORD not in text

@@ -73,8 +73,14 @@ async def make_topics(names: Names, partitions: int) -> None:
 class Worker:
     """One `faust -A app worker` subprocess with its own ports, id and data dir."""
 
-    def __init__(self, workdir: Path, names: Names, connections: Path, worker_id: str = "w1",
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        names: Names,
+        connections: Path,
+        worker_id: str = "w1",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.names = names
         self.connections = connections
@@ -88,24 +94,26 @@ class Worker:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FTP_POOLER_")}
-        env.update({
-            "FTP_POOLER_CONNECTIONS": str(self.connections),
-            "FTP_POOLER_KAFKA__BOOTSTRAP_SERVERS": KAFKA,
-            "FTP_POOLER_KAFKA__CONSUMER_GROUP": self.names.group,
-            "FTP_POOLER_KAFKA__INPUT_TOPIC": self.names.tasks,
-            "FTP_POOLER_KAFKA__RESULT_TOPIC": self.names.results,
-            "FTP_POOLER_KAFKA__FAIL_TOPIC": self.names.failures,
-            "FTP_POOLER_KAFKA__COMMIT_INTERVAL_SECONDS": "1",
-            "FTP_POOLER_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
-            "FTP_POOLER_KAFKA__HEARTBEAT_INTERVAL_SECONDS": "1",
-            "FTP_POOLER_API__HOST": "127.0.0.1",
-            "FTP_POOLER_API__PORT": str(self.api_port),
-            "FTP_POOLER_METRICS__PORT": str(self.metrics_port),
-            "FTP_POOLER_WORKER__ID": self.worker_id,
-            "FTP_POOLER_WORKER__DATA_DIR": str(self.workdir / f"data-{self.worker_id}"),
-            "FTP_POOLER_TRANSFER__CONNECT_TIMEOUT_SECONDS": "3",
-            "FTP_POOLER_POOL__ACQUIRE_TIMEOUT_SECONDS": "10",
-        })
+        env.update(
+            {
+                "FTP_POOLER_CONNECTIONS": str(self.connections),
+                "FTP_POOLER_KAFKA__BOOTSTRAP_SERVERS": KAFKA,
+                "FTP_POOLER_KAFKA__CONSUMER_GROUP": self.names.group,
+                "FTP_POOLER_KAFKA__INPUT_TOPIC": self.names.tasks,
+                "FTP_POOLER_KAFKA__RESULT_TOPIC": self.names.results,
+                "FTP_POOLER_KAFKA__FAIL_TOPIC": self.names.failures,
+                "FTP_POOLER_KAFKA__COMMIT_INTERVAL_SECONDS": "1",
+                "FTP_POOLER_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
+                "FTP_POOLER_KAFKA__HEARTBEAT_INTERVAL_SECONDS": "1",
+                "FTP_POOLER_API__HOST": "127.0.0.1",
+                "FTP_POOLER_API__PORT": str(self.api_port),
+                "FTP_POOLER_METRICS__PORT": str(self.metrics_port),
+                "FTP_POOLER_WORKER__ID": self.worker_id,
+                "FTP_POOLER_WORKER__DATA_DIR": str(self.workdir / f"data-{self.worker_id}"),
+                "FTP_POOLER_TRANSFER__CONNECT_TIMEOUT_SECONDS": "3",
+                "FTP_POOLER_POOL__ACQUIRE_TIMEOUT_SECONDS": "10",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -116,7 +124,10 @@ class Worker:
             log.flush()
             self.process = subprocess.Popen(
                 [str(FAUST), "-A", "app", "worker", "-l", "info"],
-                cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -125,7 +136,9 @@ class Worker:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.tail()}")
+                raise AssertionError(
+                    f"worker exited with {self.process.returncode}:\n{self.tail()}"
+                )
             status, _ = self.get("/ready")
             if status == 200:
                 return
@@ -153,7 +166,9 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"worker ignored SIGTERM for {timeout} s:\n{self.tail()}") from None
+            raise AssertionError(
+                f"worker ignored SIGTERM for {timeout} s:\n{self.tail()}"
+            ) from None
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -178,12 +193,18 @@ def _maybe_json(body: str) -> Any:
 
 
 def task(task_id: str, src_id: str, src_path: str, dst_id: str, dst_path: str) -> dict[str, str]:
-    return {"task_id": task_id, "src_id": src_id, "src_path": src_path, "dst_id": dst_id,
-            "dst_path": dst_path}
+    return {
+        "task_id": task_id,
+        "src_id": src_id,
+        "src_path": src_path,
+        "dst_id": dst_id,
+        "dst_path": dst_path,
+    }
 
 
-async def produce(topic: str, values: list[bytes | dict[str, Any]], *,
-                  partition: int | None = None) -> None:
+async def produce(
+    topic: str, values: list[bytes | dict[str, Any]], *, partition: int | None = None
+) -> None:
     """Produce raw values (dicts become JSON; key = task_id when there is one)."""
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=5)
     await producer.start()
@@ -208,12 +229,18 @@ class Received:
     value: dict[str, Any]
 
 
-async def collect(names: Names, count: int, timeout: float = 120,
-                  until: Any = None) -> list[Received]:
+async def collect(
+    names: Names, count: int, timeout: float = 120, until: Any = None
+) -> list[Received]:
     """Read results and failures from the beginning until ``count`` arrived (or ``until`` holds)."""
-    consumer = AIOKafkaConsumer(names.results, names.failures, bootstrap_servers=KAFKA,
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                group_id=None)
+    consumer = AIOKafkaConsumer(
+        names.results,
+        names.failures,
+        bootstrap_servers=KAFKA,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     received: list[Received] = []
     try:
@@ -222,11 +249,13 @@ async def collect(names: Names, count: int, timeout: float = 120,
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
-                        received.append(Received(record.topic, record.key,
-                                                 json.loads(record.value)))
+                        received.append(
+                            Received(record.topic, record.key, json.loads(record.value))
+                        )
     except TimeoutError:
         raise AssertionError(
-            f"only {len(received)} of {count} results within {timeout} s") from None
+            f"only {len(received)} of {count} results within {timeout} s"
+        ) from None
     finally:
         await consumer.stop()
     return received
@@ -239,12 +268,21 @@ async def committed_offsets(group: str, topic: str) -> dict[int, int]:
         offsets = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items()
-            if isinstance(tp, TopicPartition) and tp.topic == topic and meta.offset >= 0}
+    return {
+        tp.partition: meta.offset
+        for tp, meta in offsets.items()
+        if isinstance(tp, TopicPartition) and tp.topic == topic and meta.offset >= 0
+    }
 
 
-def write_connections(path: Path, ftp_port: int, storage: Path, user: str = "alice",
-                      password: str = "s3cret-pw", extra: str = "") -> Path:
+def write_connections(
+    path: Path,
+    ftp_port: int,
+    storage: Path,
+    user: str = "alice",
+    password: str = "s3cret-pw",
+    extra: str = "",
+) -> Path:
     path.write_text(f"""
 [ftp-a]
 type = ftp

@@ -31,7 +31,8 @@ async def test_sessions_are_reused_not_reopened():
     assert len(server.sessions) == 1
     assert server.sessions[0].uses == 5
     assert repr(manager.pools["a"]) == (
-        "<SessionPool a [busy 0, idle 1, connecting 0, waiting 0 | max 10]>")
+        "<SessionPool a [busy 0, idle 1, connecting 0, waiting 0 | max 10]>"
+    )
 
 
 async def test_connection_cap_holds_and_waiters_are_served_in_order():

@@ -16,7 +16,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_ftp_and_local_sections_parse_with_defaults(tmp_path):
     """Port 21, passive and no per-connection cap are the defaults."""
-    registry = load_registry(write(tmp_path, """
+    registry = load_registry(
+        write(
+            tmp_path,
+            """
 [remote-a]
 type = ftp
 host = ftp.example.com
@@ -26,11 +29,17 @@ pass = p%ss;word
 [local]
 type = local
 base_path = /data/storage
-"""))
+""",
+        )
+    )
     remote = registry.resolve("remote-a")
     assert isinstance(remote, FtpConnection)
     assert (remote.host, remote.port, remote.user, remote.password) == (
-        "ftp.example.com", 21, "bob", "p%ss;word")
+        "ftp.example.com",
+        21,
+        "bob",
+        "p%ss;word",
+    )
     assert remote.passive is True and remote.max_sessions is None
     assert "p%ss" not in repr(remote) and "p%ss" not in str(remote.public())
     assert isinstance(registry.resolve("local"), LocalConnection)
@@ -48,8 +57,10 @@ base_path = /data/storage
         ("[a]\ntype = ftp\nhost = h\nhots = x\n", "[a] hots: unknown key"),
         ("[l]\ntype = local\nbase_path = data\n", "[l] base_path: must be an absolute path"),
         ("[l]\ntype = local\n", "[l] base_path: missing"),
-        ("[a]\ntype = local\nbase_path = /x\n[a]\ntype = local\nbase_path = /y\n",
-         "[a]: connection id defined twice"),
+        (
+            "[a]\ntype = local\nbase_path = /x\n[a]\ntype = local\nbase_path = /y\n",
+            "[a]: connection id defined twice",
+        ),
         ("", "defines no connections"),
     ],
 )

@@ -30,8 +30,10 @@ def test_defaults_match_the_spec():
 def test_environment_overrides_yaml_which_overrides_defaults(tmp_path, monkeypatch):
     """A key set in both places takes the environment's value."""
     config = tmp_path / "config.yaml"
-    config.write_text("kafka:\n  consumer_group: from-yaml\n  input_topic: yaml-tasks\n"
-                      "pool:\n  max_sessions_per_pod: 7\n")
+    config.write_text(
+        "kafka:\n  consumer_group: from-yaml\n  input_topic: yaml-tasks\n"
+        "pool:\n  max_sessions_per_pod: 7\n"
+    )
     monkeypatch.setenv("FTP_POOLER_CONFIG", str(config))
     monkeypatch.setenv("FTP_POOLER_KAFKA__INPUT_TOPIC", "env-tasks")
     monkeypatch.setenv("FTP_POOLER_KAFKA__BOOTSTRAP_SERVERS", "a:9092,b:9092")

@@ -7,8 +7,13 @@ import pytest
 from models.errors import ErrorCode, InvalidTask
 from models.task import parse_task, peek_task_id
 
-VALID = {"task_id": "t-1", "src_id": "ftp-a", "src_path": "/in/a.bin", "dst_id": "local",
-         "dst_path": "/out/a.bin"}
+VALID = {
+    "task_id": "t-1",
+    "src_id": "ftp-a",
+    "src_path": "/in/a.bin",
+    "dst_id": "local",
+    "dst_path": "/out/a.bin",
+}
 
 
 def encode(value: object) -> bytes:
@@ -31,7 +36,10 @@ def test_valid_task_parses_and_ignores_unknown_fields():
         (encode({**VALID, "task_id": 123}), "task_id: Input should be a valid string"),
         (encode({**VALID, "task_id": ""}), "task_id: String should have at least 1 character"),
         (encode({**VALID, "task_id": "x" * 257}), "task_id: String should have at most 256"),
-        (encode({**VALID, "dst_path": "a\u0000b"}), "dst_path: Value error, must not contain a NUL"),
+        (
+            encode({**VALID, "dst_path": "a\u0000b"}),
+            "dst_path: Value error, must not contain a NUL",
+        ),
         (encode({**VALID, "src_path": "p" * 4097}), "src_path: String should have at most 4096"),
     ],
 )

@@ -6,9 +6,9 @@ import asyncio
 import enum
 import posixpath
 import time
-from pathlib import PurePosixPath
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from pathlib import PurePosixPath
 from typing import TypeVar
 
 import aioftp

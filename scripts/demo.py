@@ -138,7 +138,7 @@ def show(result: dict[str, Any]) -> str:
     )
 
 
-async def produce_and_watch(tasks: list[bytes], timeout: float) -> list[dict[str, Any]]:
+async def produce_and_watch(tasks: list[bytes], within: float) -> list[dict[str, Any]]:
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
     await producer.start()
     try:
@@ -157,7 +157,7 @@ async def produce_and_watch(tasks: list[bytes], timeout: float) -> list[dict[str
     await consumer.start()
     results: list[dict[str, Any]] = []
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while len(results) < len(tasks):
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
@@ -208,7 +208,8 @@ def main() -> int:
         connections = WORK / "connections.ini"
         connections.write_text(
             f"[partner-ftp]\ntype = ftp\nhost = 127.0.0.1\nport = {ftp.port}\nuser = partner\n"
-            f"pass = demo-secret\npassive = true\n\n[storage]\ntype = local\nbase_path = {storage}\n"
+            "pass = demo-secret\npassive = true\n\n"
+            f"[storage]\ntype = local\nbase_path = {storage}\n"
         )
         api_port, metrics_port = free_port(), free_port()
         env = {
@@ -245,7 +246,7 @@ def main() -> int:
         wait_ready(api_port, worker, log)
         say(f"worker ready (API http://127.0.0.1:{api_port}, metrics :{metrics_port}/metrics)")
 
-        results = asyncio.run(produce_and_watch(sample_tasks(), timeout=60))
+        results = asyncio.run(produce_and_watch(sample_tasks(), within=60))
         ok = sum(1 for r in results if r["status"] == "success")
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/status", timeout=5) as reply:
             status = json.load(reply)

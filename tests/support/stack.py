@@ -1,4 +1,4 @@
-"""Test harness: a real worker process (`faust -A app worker`) against the real broker and FTP server.
+"""Test harness: a real worker process (`faust -A app worker`), the real broker and FTP server.
 
 Tasks are produced and results consumed with plain aiokafka clients, never the app's own objects, so
 the wire contract itself is what the tests check.

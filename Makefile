@@ -38,11 +38,11 @@ unit: setup
 	$(BIN)/pytest tests/unit
 
 test: setup kafka-fetch lint
-	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test scripts/local-kafka.sh down
-	rm -rf $(CURDIR)/.local/kafka-test
-	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test scripts/local-kafka.sh up
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh down
+	rm -rf $(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT)
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh up
 	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(TEST_KAFKA_PORT) $(BIN)/pytest; status=$$?; \
-	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test scripts/local-kafka.sh down; \
+	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh down; \
 	exit $$status
 
 clean:

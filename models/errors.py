@@ -60,6 +60,10 @@ class ConnectionFailed(FtpPoolerError):
     retryable = True
 
 
+class ServerBusy(ConnectionFailed):
+    """The server refused another session (421: too many users or connections)."""
+
+
 class PoolTimeout(ConnectionFailed):
     """No session of the connection became free within the acquire timeout."""
 

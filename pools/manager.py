@@ -13,11 +13,13 @@ from typing import Any, Generic
 import mode
 import structlog
 
-from models.errors import ConnectionFailed, PoolTimeout
+from models.errors import ConnectionFailed, PoolTimeout, ServerBusy
 from pools.pool import S, SessionPool, Waiter
 from pools.session import SessionState
 
 log = structlog.get_logger("ftp_pooler.pools")
+
+WaitObserver = Callable[[str, float], None]
 
 
 class SessionPoolManager(mode.Service, Generic[S]):
@@ -34,6 +36,8 @@ class SessionPoolManager(mode.Service, Generic[S]):
         acquire_timeout: float,
         session_timeout: float,
         health_check_idle: float,
+        pushback_cooldown: float = 60.0,
+        observe_wait: WaitObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
@@ -42,8 +46,10 @@ class SessionPoolManager(mode.Service, Generic[S]):
         self.acquire_timeout = acquire_timeout
         self.session_timeout = session_timeout
         self.health_check_idle = health_check_idle
+        self.pushback_cooldown = pushback_cooldown
         self.pools: dict[str, SessionPool[S]] = {}
         self.closed_total: Counter[tuple[str, str]] = Counter()
+        self._observe_wait = observe_wait
         self._clock = clock
         self._seq = itertools.count()
         self._closing = False
@@ -53,7 +59,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         return f"<SessionPoolManager open {self.open_total} | max {self.max_sessions_per_pod}>"
 
     def add_pool(self, conn_id: str, max_sessions: int, factory: Callable[[], S]) -> SessionPool[S]:
-        pool: SessionPool[S] = SessionPool(conn_id, max_sessions, factory)
+        pool: SessionPool[S] = SessionPool(conn_id, max_sessions, factory, self.pushback_cooldown)
         self.pools[conn_id] = pool
         return pool
 
@@ -84,19 +90,23 @@ class SessionPoolManager(mode.Service, Generic[S]):
     async def acquire(self, pool: SessionPool[S]) -> S:
         """Wait (bounded) for a session; connect or health-check it outside any bookkeeping."""
         started = self._clock()
-        first_seq = next(self._seq)
+        seq = next(self._seq)  # kept across re-waits, so a task never loses its place in line
         try:
             async with asyncio.timeout(self.acquire_timeout):
                 while True:
-                    session = await self._wait_turn(pool, first_seq)
-                    if await self._make_ready(pool, session):
+                    waiter = await self._wait_turn(pool, seq)
+                    if await self._make_ready(pool, waiter):
+                        session = waiter.session
+                        assert session is not None
                         session.uses += 1
+                        if self._observe_wait is not None:
+                            self._observe_wait(pool.conn_id, self._clock() - started)
                         return session
         except TimeoutError:
             waited = self._clock() - started
             raise PoolTimeout(
                 f"no session for {pool.conn_id!r} within {waited:.1f} s "
-                f"({pool.open} open of max {pool.max_sessions}, worker {self.open_total} of max "
+                f"({pool.open} open of max {pool.effective_cap}, worker {self.open_total} of max "
                 f"{self.max_sessions_per_pod})"
             ) from None
 
@@ -109,16 +119,15 @@ class SessionPoolManager(mode.Service, Generic[S]):
         else:
             pool.discard(session)
             to_close.append(session)
-            self._count_close(pool, "failed" if session.is_broken else "released")
+            self._closed(pool, "failed" if session.is_broken else "released")
         to_close.extend(self._assign())
         await self._close(to_close)
 
     # -- waiting and readiness -----------------------------------------------------------------
-    async def _wait_turn(self, pool: SessionPool[S], seq: int) -> S:
+    async def _wait_turn(self, pool: SessionPool[S], seq: int) -> Waiter[S]:
         if self._closing:
-            raise ConnectionFailed("worker is shutting down", retryable=True)
+            raise ConnectionFailed("worker is shutting down")
         waiter: Waiter[S] = Waiter(pool, seq)
-        # A retried waiter (its session failed a health check) keeps its place in line.
         position = sum(1 for w in pool.waiters if w.seq < seq)
         pool.waiters.insert(position, waiter)
         await self._close(self._assign())
@@ -128,46 +137,76 @@ class SessionPoolManager(mode.Service, Generic[S]):
             self._abandon(pool, waiter)
             raise
         if waiter.session is None:
-            raise ConnectionFailed("worker is shutting down", retryable=True)
-        return waiter.session
+            raise ConnectionFailed("worker is shutting down")
+        return waiter
 
-    async def _make_ready(self, pool: SessionPool[S], session: S) -> bool:
-        """Connect a new session or health-check a long-idle one; False means: wait again."""
+    async def _make_ready(self, pool: SessionPool[S], waiter: Waiter[S]) -> bool:
+        """Connect a new session or check an idle one; False means: wait for another."""
+        session = waiter.session
+        assert session is not None
         try:
+            if waiter.evicted is not None:
+                evicted, waiter.evicted = waiter.evicted, None
+                await self._close([evicted])
             if session.state is SessionState.DISCONNECTED:
-                await session.connect()
-                session.state = SessionState.BUSY
-                log.info("session_opened", connection=pool.conn_id, open=pool.open)
-                return True
+                return await self._connect(pool, session)
+            if session.looks_dead():
+                return await self._drop_stale(pool, session)
             idle_for = self._clock() - session.last_used
             long_idle = self.health_check_idle and idle_for > self.health_check_idle
             if long_idle and not await session.noop():
-                log.info("session_closed", connection=pool.conn_id, reason="stale")
-                pool.discard(session)
-                self._count_close(pool, "stale")
-                await self._close([session, *self._assign()])
-                return False
+                return await self._drop_stale(pool, session)
             return True
         except BaseException:
             pool.discard(session)
-            self._count_close(pool, "connect_failed")
             await self._close([session, *self._assign()])
             raise
+
+    async def _connect(self, pool: SessionPool[S], session: S) -> bool:
+        try:
+            await session.connect()
+        except ServerBusy as exc:
+            pool.discard(session)
+            self._closed(pool, "refused")
+            if pool.connected == 0:
+                raise  # not even one session is accepted: the task fails (retryable)
+            pool.push_back(self._clock())
+            log.warning(
+                "session_pushback",
+                connection=pool.conn_id,
+                cap=pool.effective_cap,
+                cooldown_seconds=pool.pushback_cooldown,
+                error=exc.message,
+            )
+            await self._close([session, *self._assign()])
+            return False
+        except BaseException:
+            pool.discard(session)
+            self._closed(pool, "connect_failed")
+            raise
+        session.state = SessionState.BUSY
+        log.info("session_opened", connection=pool.conn_id, open=pool.open)
+        return True
+
+    async def _drop_stale(self, pool: SessionPool[S], session: S) -> bool:
+        pool.discard(session)
+        self._closed(pool, "stale")
+        await self._close([session, *self._assign()])
+        return False
 
     def _abandon(self, pool: SessionPool[S], waiter: Waiter[S]) -> None:
         """A waiter gave up (timeout, cancellation): leave nothing behind."""
         if waiter in pool.waiters:
             pool.waiters.remove(waiter)
             return
-        session = waiter.session
-        if session is None:
-            return
-        if session.state is SessionState.DISCONNECTED:
-            pool.discard(session)  # never connected: nothing to close
-        else:
-            session.state = SessionState.IDLE
-        waiter.session = None
-        to_close = self._assign()
+        session, waiter.session = waiter.session, None
+        to_close = [waiter.evicted] if waiter.evicted is not None else []
+        if session is not None:
+            if session.state is SessionState.DISCONNECTED:
+                pool.discard(session)  # never connected: nothing to close
+            else:
+                session.state = SessionState.IDLE
+        to_close.extend(self._assign())
         if to_close:
             self._spawn_close(to_close)
 
@@ -175,25 +214,24 @@ class SessionPoolManager(mode.Service, Generic[S]):
     def _assign(self) -> list[S]:
         """Give free or new sessions to waiters, oldest first; return sessions to close."""
         to_close: list[S] = []
+        now = self._clock()
         while not self._closing:
             heads = sorted(
                 (p for p in self.pools.values() if p.waiters), key=lambda p: p.waiters[0].seq
             )
             for pool in heads:
+                waiter = pool.waiters[0]
                 session = pool.most_recent_idle()
-                if session is None and pool.open < pool.max_sessions:
+                if session is None and pool.open < pool.current_cap(now):
                     if self.open_total >= self.max_sessions_per_pod:
-                        victim = self._evictable(pool)
+                        victim = self._evict_for(pool)
                         if victim is None:
                             continue
-                        victim_pool = self.pools[victim[0]]
-                        victim_pool.discard(victim[1])
-                        self._count_close(victim_pool, "evicted")
-                        to_close.append(victim[1])
+                        waiter.evicted = victim
                     session = pool.new_session()
                 if session is None:
                     continue
-                waiter = pool.waiters.popleft()
+                pool.waiters.popleft()
                 if session.state is SessionState.IDLE:
                     session.state = SessionState.BUSY
                 waiter.session = session
@@ -203,20 +241,26 @@ class SessionPoolManager(mode.Service, Generic[S]):
                 return to_close
         return to_close
 
-    def _evictable(self, needy: SessionPool[S]) -> tuple[str, S] | None:
-        """The least recently used idle session of another connection, if any."""
-        best: tuple[str, S] | None = None
-        for conn_id, pool in self.pools.items():
+    def _evict_for(self, needy: SessionPool[S]) -> S | None:
+        """Take out the least recently used idle session of another connection, if any."""
+        best: tuple[SessionPool[S], S] | None = None
+        for pool in self.pools.values():
             if pool is needy:
                 continue
             candidate = pool.least_recent_idle()
             if candidate is not None and (best is None or candidate.last_used < best[1].last_used):
-                best = (conn_id, candidate)
-        return best
+                best = (pool, candidate)
+        if best is None:
+            return None
+        best[0].discard(best[1])
+        self._closed(best[0], "evicted")
+        return best[1]
 
     # -- closing -------------------------------------------------------------------------------
-    def _count_close(self, pool: SessionPool[S], reason: str) -> None:
+    def _closed(self, pool: SessionPool[S], reason: str) -> None:
         self.closed_total[(pool.conn_id, reason)] += 1
+        if reason != "released":
+            log.info("session_closed", connection=pool.conn_id, reason=reason)
 
     async def _close(self, sessions: list[S]) -> None:
         if sessions:
@@ -238,10 +282,9 @@ class SessionPoolManager(mode.Service, Generic[S]):
             for pool in self.pools.values():
                 for session in pool.expired(now, self.session_timeout):
                     pool.discard(session)
-                    self._count_close(pool, "idle_timeout")
+                    self._closed(pool, "idle_timeout")
                     expired.append(session)
             if expired:
-                log.info("sessions_expired", count=len(expired))
                 await self._close(expired)
 
     async def on_stop(self) -> None:
@@ -252,8 +295,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
             while pool.waiters:
                 pool.waiters.popleft().event.set()  # session None: the waiter raises
             sessions.extend(pool.sessions)
-            for _session in pool.sessions:
-                self._count_close(pool, "shutdown")
+            self.closed_total[(pool.conn_id, "shutdown")] += len(pool.sessions)
             pool.sessions.clear()
         await self._close(sessions)
         if self._background:

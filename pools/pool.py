@@ -30,6 +30,8 @@ class Session(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def looks_dead(self) -> bool: ...
+
 
 S = TypeVar("S", bound=Session)
 
@@ -42,6 +44,9 @@ class Waiter(Generic[S]):
     seq: int
     event: asyncio.Event = field(default_factory=asyncio.Event)
     session: S | None = None
+    # A session of another connection closed to make room under the worker cap; the waiter
+    # QUITs it before connecting, so the server-side count never exceeds the cap.
+    evicted: S | None = None
 
 
 class SessionPool(Generic[S]):
@@ -51,18 +56,33 @@ class SessionPool(Generic[S]):
     lock and without I/O, which waiter gets which session, then connects or closes outside.
     """
 
-    def __init__(self, conn_id: str, max_sessions: int, factory: Callable[[], S]) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        max_sessions: int,
+        factory: Callable[[], S],
+        pushback_cooldown: float = 60.0,
+    ) -> None:
         self.conn_id = conn_id
         self.max_sessions = max_sessions
         self.factory = factory
         self.sessions: list[S] = []
         self.waiters: deque[Waiter[S]] = deque()
         self.opened_total = 0
+        # Server pushback (421 on connect): the cap drops to what the server accepted, then grows
+        # back by one session per cool-down period.
+        self.effective_cap = max_sessions
+        self.pushback_cooldown = pushback_cooldown
+        self.pushback_until = 0.0
+        self.pushbacks_total = 0
 
     def __repr__(self) -> str:
+        cap = f"max {self.max_sessions}"
+        if self.effective_cap < self.max_sessions:
+            cap += f", pushed back to {self.effective_cap}"
         return (
             f"<SessionPool {self.conn_id} [busy {self.busy}, idle {self.idle}, "
-            f"connecting {self.connecting}, waiting {len(self.waiters)} | max {self.max_sessions}]>"
+            f"connecting {self.connecting}, waiting {len(self.waiters)} | {cap}]>"
         )
 
     # -- counts --------------------------------------------------------------------------------
@@ -82,6 +102,10 @@ class SessionPool(Generic[S]):
     def connecting(self) -> int:
         return sum(1 for s in self.sessions if s.state is SessionState.DISCONNECTED)
 
+    @property
+    def connected(self) -> int:
+        return self.busy + self.idle
+
     def snapshot(self) -> dict[str, int]:
         return {
             "open": self.open,
@@ -90,8 +114,24 @@ class SessionPool(Generic[S]):
             "connecting": self.connecting,
             "waiting": len(self.waiters),
             "max_sessions": self.max_sessions,
+            "effective_max_sessions": self.effective_cap,
             "opened_total": self.opened_total,
+            "pushbacks_total": self.pushbacks_total,
         }
+
+    # -- server pushback -----------------------------------------------------------------------
+    def current_cap(self, now: float) -> int:
+        """The cap in force now; after a cool-down it is raised by one (a probe) and re-armed."""
+        if self.effective_cap < self.max_sessions and now >= self.pushback_until:
+            self.effective_cap += 1
+            self.pushback_until = now + self.pushback_cooldown
+        return self.effective_cap
+
+    def push_back(self, now: float) -> None:
+        """The server refused one more session: keep to what it accepted for a cool-down."""
+        self.effective_cap = max(1, min(self.max_sessions, self.connected))
+        self.pushback_until = now + self.pushback_cooldown
+        self.pushbacks_total += 1
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def most_recent_idle(self) -> S | None:

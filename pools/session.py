@@ -76,6 +76,19 @@ class FTPSession:
     def idle_seconds(self, now: float) -> float:
         return now - self.last_used
 
+    def looks_dead(self) -> bool:
+        """True when the server already hung up on this idle session (seen without any I/O).
+
+        A server that times an idle session out sends a 421 and closes; both sit unread in the
+        control connection's buffer, so an idle session with anything buffered, or at EOF, is gone.
+        """
+        stream = getattr(self._client, "stream", None)
+        if stream is None:
+            return True
+        reader = stream.reader
+        buffered = len(getattr(reader, "_buffer", b""))  # asyncio.StreamReader keeps no public size
+        return bool(buffered) or reader.at_eof() or stream.writer.is_closing()
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def connect(self) -> None:
         """Open the control connection and log in."""

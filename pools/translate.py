@@ -15,6 +15,7 @@ from models.errors import (
     ConnectionFailed,
     FileNotFound,
     FtpPoolerError,
+    ServerBusy,
     TransferIOError,
     UnknownError,
 )
@@ -51,7 +52,7 @@ def _from_reply(exc: aioftp.StatusCodeError, phase: Phase, where: str) -> FtpPoo
     if code == "530":
         return ConnectionFailed(f"login refused: {message}", retryable=False)
     if code == "421":
-        return ConnectionFailed(f"server closing or too many connections: {message}")
+        return ServerBusy(f"server busy or closing the session: {message}")
     if phase == "connect":
         return ConnectionFailed(message, retryable=code.startswith("4"))
     if code == "550" and phase == "source":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from models.errors import ConnectionFailed
+from models.errors import ConnectionFailed, ServerBusy
 from pools.session import SessionState
 
 
@@ -32,6 +32,10 @@ class FakeSession:
         if self.server.refuse_connect:
             self.state = SessionState.ERROR
             raise ConnectionFailed("refused")
+        limit = self.server.accept_at_most
+        if limit is not None and self.server.live >= limit:
+            self.state = SessionState.ERROR
+            raise ServerBusy("421 too many connections")
         self.server.live += 1
         self.connected = True
         self.server.max_live = max(self.server.max_live, self.server.live)
@@ -39,6 +43,9 @@ class FakeSession:
 
     async def noop(self) -> bool:
         return not self.server.stale
+
+    def looks_dead(self) -> bool:
+        return self.server.hung_up
 
     async def aclose(self) -> None:
         if self.connected:
@@ -55,6 +62,8 @@ class FakeServer:
         self.connect_delay = connect_delay
         self.refuse_connect = False
         self.stale = False
+        self.hung_up = False
+        self.accept_at_most: int | None = None  # refuse with 421 beyond this many live sessions
         self.live = 0
         self.max_live = 0
         self.sessions: list[FakeSession] = []

@@ -163,47 +163,145 @@ async def test_shutdown_closes_every_session():
     assert server.live == 0
 
 
+async def test_server_pushback_lowers_the_cap_to_what_the_server_accepts_and_no_task_fails():
+    """A server that answers 421 beyond 3 sessions: every task still gets a session; cap -> 3."""
+    server = FakeServer(connect_delay=0.001)
+    server.accept_at_most = 3
+    manager = make_manager()
+    pool = manager.add_pool("a", 10, server.factory)
+
+    async def work():
+        async with manager.session("a"):
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(*(work() for _ in range(40)))
+    assert server.max_live == 3
+    assert pool.effective_cap == 3 and pool.pushbacks_total >= 1
+    assert "pushed back to 3" in repr(pool)
+
+
+async def test_pushed_back_cap_probes_upward_after_the_cool_down():
+    """Once the cool-down passes, the cap grows by one session per period."""
+    now = [0.0]
+    manager = SessionPoolManager(
+        max_sessions_per_pod=100,
+        acquire_timeout=5,
+        session_timeout=300,
+        health_check_idle=0,
+        pushback_cooldown=10,
+        clock=lambda: now[0],
+    )
+    pool = manager.add_pool("a", 5, FakeServer().factory)
+    pool.push_back(now[0])
+    assert pool.current_cap(now[0]) == 1
+    now[0] = 10.0
+    assert pool.current_cap(now[0]) == 2
+    assert pool.current_cap(now[0] + 5) == 2
+    assert pool.current_cap(now[0] + 10) == 3
+
+
+async def test_session_the_server_hung_up_on_is_replaced_without_a_round_trip():
+    """An idle session whose server closed it (421 + EOF buffered) is dropped, not used."""
+    server = FakeServer()
+    manager = make_manager()
+    manager.add_pool("a", 10, server.factory)
+    async with manager.session("a"):
+        pass
+    server.hung_up = True
+    async with manager.session("a") as session:
+        server.hung_up = False
+        assert session is server.sessions[1]
+    assert manager.closed_total[("a", "stale")] == 1
+
+
+class CheckedManager(SessionPoolManager):
+    """Checks after every hand-out that no waiter was overtaken by a later one of its connection."""
+
+    overtaken: list = []
+
+    def _assign(self):
+        queued_before = {name: list(p.waiters) for name, p in self.pools.items()}
+        result = super()._assign()
+        for name, pool in self.pools.items():
+            served = [w for w in queued_before[name] if w not in pool.waiters]
+            still = [w.seq for w in pool.waiters]
+            for waiter in served:
+                if waiter.session is not None and still and waiter.seq > min(still):
+                    self.overtaken.append((name, waiter.seq, min(still)))
+        return result
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_randomized_interleavings_keep_caps_and_leak_nothing(seed):
-    """Random acquire/release/failure/cancel/timeout steps never exceed a cap or leak a session."""
+async def test_randomized_interleavings_keep_caps_fifo_and_leak_nothing(seed):
+    """3,000 random acquire/release/failure/cancel/timeout steps per seed keep every invariant.
+
+    Invariants: per-connection and worker caps (pool side and "server" side), no waiter served
+    before an earlier one of its connection, every request served, timed out or cancelled, and
+    at the end no busy, connecting or unaccounted session.
+    """
     rng = random.Random(seed)
-    servers = {name: FakeServer(connect_delay=0.001) for name in "abc"}
+    servers = {name: FakeServer(connect_delay=0.0005) for name in "abc"}
     caps = {"a": 3, "b": 4, "c": 2}
-    manager = make_manager(pod_cap=6, acquire_timeout=0.05)
+    pod_cap = 6
+    manager = CheckedManager(
+        max_sessions_per_pod=pod_cap, acquire_timeout=0.05, session_timeout=300, health_check_idle=0
+    )
+    manager.overtaken = []
     for name, server in servers.items():
         manager.add_pool(name, caps[name], server.factory)
     violations = []
+    outcomes = {"served": 0, "timed_out": 0, "cancelled": 0}
 
     def check():
-        if manager.open_total > 6:
+        if manager.open_total > pod_cap:
             violations.append(f"pod cap: {manager.open_total}")
+        if sum(s.live for s in servers.values()) > pod_cap:
+            violations.append(f"server-side pod cap: {[s.live for s in servers.values()]}")
         for name, pool in manager.pools.items():
-            if pool.open > caps[name]:
-                violations.append(f"{name} cap: {pool.open}")
+            if pool.open > caps[name] or servers[name].live > caps[name]:
+                violations.append(f"{name} cap: {pool.open}/{servers[name].live}")
 
-    async def step(n):
+    started = [0]
+
+    async def step():
+        started[0] += 1
         name = rng.choice("abc")
+        hold = rng.random() * 0.002
+        fail = rng.random() < 0.1
+        served = False
         try:
             async with manager.session(name) as session:
+                served = True
+                outcomes["served"] += 1
                 check()
-                await asyncio.sleep(rng.random() * 0.003)
-                if rng.random() < 0.1:
+                await asyncio.sleep(hold)
+                if fail:
                     session.state = SessionState.ERROR
-                    raise RuntimeError("boom")
-        except (RuntimeError, PoolTimeout):
+                    raise RuntimeError("transfer failed")
+        except RuntimeError:
             pass
+        except PoolTimeout:
+            outcomes["timed_out"] += 1
+        except asyncio.CancelledError:
+            if not served:
+                outcomes["cancelled"] += 1
+            raise
 
     tasks = []
-    for n in range(600):
-        tasks.append(asyncio.create_task(step(n)))
-        if rng.random() < 0.05:
-            victim = rng.choice(tasks)
-            victim.cancel()
-        if n % 20 == 0:
-            await asyncio.sleep(0)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for n in range(3000):
+        tasks.append(asyncio.create_task(step()))
+        if rng.random() < 0.03:
+            rng.choice(tasks[-50:]).cancel()
+        if n % 10 == 0:
+            await asyncio.sleep(rng.random() * 0.004)
+        check()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
     check()
     assert violations == []
+    assert manager.overtaken == []
+    assert outcomes["served"] + outcomes["timed_out"] + outcomes["cancelled"] == started[0]
+    assert started[0] + sum(1 for r in results if isinstance(r, asyncio.CancelledError)) >= 3000
+    assert outcomes["served"] > 1000 and outcomes["timed_out"] > 0 and outcomes["cancelled"] > 0
     for name, pool in manager.pools.items():
         assert not pool.waiters
         assert pool.busy == 0 and pool.connecting == 0

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
+from agents.session_reports import FleetSessions
 from agents.tasks import TaskHandler, register_task_agent
 from agents.transfer import TransferRunner
 from app.logs import configure_logging
@@ -37,6 +38,7 @@ class FtpPoolerApp(faust.App):
     pools: SessionPoolManager[FTPSession]
     in_flight: InFlight
     metrics_server: MetricsServer
+    fleet: FleetSessions
     _joined: bool = False
     _stopping: bool = False
 
@@ -58,6 +60,7 @@ class FtpPoolerApp(faust.App):
             "max_in_flight": self.in_flight.limit,
             "completed": self.in_flight.completed,
             "pools": self.pools.snapshot(),
+            "fleet": self.fleet.fleet(),
         }
 
     def on_rebalance_end(self) -> None:
@@ -89,7 +92,7 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     app = FtpPoolerApp(
         kafka.consumer_group,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
-        store="memory://",
+        store="rocksdb://",
         autodiscover=False,
         datadir=str(settings.worker.data_dir),
         web_enabled=True,
@@ -107,11 +110,15 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     )
     app.settings = settings
     app.registry = registry
+    metrics_registry = CollectorRegistry()
+    metrics = TransferMetrics(metrics_registry)
     pools: SessionPoolManager[FTPSession] = SessionPoolManager(
         max_sessions_per_pod=settings.pool.max_sessions_per_pod,
         acquire_timeout=settings.pool.acquire_timeout_seconds,
         session_timeout=settings.pool.session_timeout_seconds,
         health_check_idle=settings.pool.health_check_idle_seconds,
+        pushback_cooldown=settings.pool.pushback_cooldown_seconds,
+        observe_wait=metrics.observe_wait,
     )
     transfer = settings.transfer
     for connection in registry.ftp_connections():
@@ -120,9 +127,7 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     app.pools = pools
     app.in_flight = InFlight(settings.worker.max_in_flight)
 
-    metrics_registry = CollectorRegistry()
-    metrics = TransferMetrics(metrics_registry)
-    metrics_registry.register(StateCollector(pools.snapshot, app.in_flight.count_running))
+    metrics_registry.register(StateCollector(pools, app.in_flight.count_running))
     app.metrics_server = MetricsServer(metrics_registry, settings.api.host, settings.metrics.port)
 
     runner = TransferRunner(
@@ -146,6 +151,12 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     )
     register_task_agent(
         app, tasks_topic, app.in_flight, TaskHandler(runner, publisher, settings.worker.id)
+    )
+    app.fleet = FleetSessions(
+        app,
+        worker_id=settings.worker.id,
+        interval=settings.pool.report_interval_seconds,
+        snapshot=pools.snapshot,
     )
     register_views(app)
 

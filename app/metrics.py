@@ -7,12 +7,14 @@ from typing import Any
 
 import mode
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from models.result import TransferResult
+from pools.manager import SessionPoolManager
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60)
 
 
 class TransferMetrics:
@@ -39,6 +41,13 @@ class TransferMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.acquire_wait = Histogram(
+            "ftp_pooler_session_acquire_wait_seconds",
+            "Time a task waited for a ready session.",
+            ["connection"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
 
     def observe(self, result: TransferResult) -> None:
         direction = result.direction or "unknown"
@@ -47,29 +56,52 @@ class TransferMetrics:
             self.bytes.labels(direction).inc(result.bytes_transferred)
         self.duration.labels(direction, result.status).observe(result.duration_ms / 1000)
 
+    def observe_wait(self, connection: str, seconds: float) -> None:
+        self.acquire_wait.labels(connection).observe(seconds)
+
 
 class StateCollector(Collector):
-    """Gauges read at scrape time from the live objects (sessions per state, tasks in flight)."""
+    """Read at scrape time from the live objects: sessions, waiters, opens/closes, pushbacks."""
 
-    def __init__(
-        self, pools_snapshot: Callable[[], dict[str, Any]], in_flight: Callable[[], int]
-    ) -> None:
-        self._pools_snapshot = pools_snapshot
+    def __init__(self, pools: SessionPoolManager[Any], in_flight: Callable[[], int]) -> None:
+        self._pools = pools
         self._in_flight = in_flight
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         sessions = GaugeMetricFamily(
             "ftp_pooler_sessions", "Open FTP sessions by state.", labels=["connection", "state"]
         )
         waiters = GaugeMetricFamily(
             "ftp_pooler_session_waiters", "Tasks waiting for a session.", labels=["connection"]
         )
-        for conn_id, pool in self._pools_snapshot()["connections"].items():
+        cap = GaugeMetricFamily(
+            "ftp_pooler_session_cap",
+            "Session cap in force (lowered by server pushback).",
+            labels=["connection"],
+        )
+        opened = CounterMetricFamily(
+            "ftp_pooler_sessions_opened", "FTP sessions opened.", labels=["connection"]
+        )
+        closed = CounterMetricFamily(
+            "ftp_pooler_sessions_closed",
+            "FTP sessions closed, by reason.",
+            labels=["connection", "reason"],
+        )
+        pushbacks = CounterMetricFamily(
+            "ftp_pooler_session_pushbacks",
+            "421 refusals that lowered a connection's cap.",
+            labels=["connection"],
+        )
+        for conn_id, pool in self._pools.pools.items():
             for state in ("busy", "idle", "connecting"):
-                sessions.add_metric([conn_id, state], pool[state])
-            waiters.add_metric([conn_id], pool["waiting"])
-        yield sessions
-        yield waiters
+                sessions.add_metric([conn_id, state], getattr(pool, state))
+            waiters.add_metric([conn_id], len(pool.waiters))
+            cap.add_metric([conn_id], pool.effective_cap)
+            opened.add_metric([conn_id], pool.opened_total)
+            pushbacks.add_metric([conn_id], pool.pushbacks_total)
+        for (conn_id, reason), count in sorted(self._pools.closed_total.items()):
+            closed.add_metric([conn_id, reason], count)
+        yield from (sessions, waiters, cap, opened, closed, pushbacks)
         yield GaugeMetricFamily(
             "ftp_pooler_tasks_in_flight", "Tasks being transferred now.", value=self._in_flight()
         )

@@ -54,6 +54,8 @@ class PoolSettings(_Section):
     session_timeout_seconds: float = pydantic.Field(300, gt=0)
     acquire_timeout_seconds: float = pydantic.Field(30, gt=0)
     health_check_idle_seconds: float = pydantic.Field(30, ge=0)
+    pushback_cooldown_seconds: float = pydantic.Field(60, gt=0)
+    report_interval_seconds: float = pydantic.Field(5, gt=0)
 
 
 class TransferSettings(_Section):

@@ -168,8 +168,8 @@ class SessionPoolManager(mode.Service, Generic[S]):
         except ServerBusy as exc:
             pool.discard(session)
             self._closed(pool, "refused")
-            if pool.connected == 0:
-                raise  # not even one session is accepted: the task fails (retryable)
+            if pool.open == 0:
+                raise  # the server accepts no session at all: the task fails (retryable)
             pool.push_back(self._clock())
             log.warning(
                 "session_pushback",

@@ -128,8 +128,11 @@ class SessionPool(Generic[S]):
         return self.effective_cap
 
     def push_back(self, now: float) -> None:
-        """The server refused one more session: keep to what it accepted for a cool-down."""
-        self.effective_cap = max(1, min(self.max_sessions, self.connected))
+        """The server refused one more session: keep to what it accepted for a cool-down.
+
+        Sessions still logging in count as accepted: the server let their connection in.
+        """
+        self.effective_cap = max(1, min(self.max_sessions, self.open))
         self.pushback_until = now + self.pushback_cooldown
         self.pushbacks_total += 1
 

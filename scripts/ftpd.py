@@ -16,11 +16,30 @@ from typing import Any
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 
+class SessionTally:
+    """Logged-in sessions counted across several servers (e.g. to check a worker-wide cap)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sessions = 0
+        self.max_sessions = 0
+
+    def change(self, delta: int) -> None:
+        with self.lock:
+            self.sessions += delta
+            self.max_sessions = max(self.max_sessions, self.sessions)
+
+
 class EmbeddedFTPServer:
-    """A real FTP server on loopback; ``user``/``password`` get full rights under ``root``."""
+    """A real FTP server on loopback; ``user``/``password`` get full rights under ``root``.
+
+    ``idle_timeout`` closes idle control connections (421, like real servers); ``max_cons_per_ip``
+    refuses connections beyond it with 421; ``tally`` also counts sessions in a shared tally.
+    """
 
     def __init__(
         self,
@@ -29,6 +48,10 @@ class EmbeddedFTPServer:
         password: str = "s3cret-pw",
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
+        idle_timeout: float = 300,
+        max_cons_per_ip: int = 0,
+        tally: SessionTally | None = None,
     ) -> None:
         self.root = Path(root)
         self.user = user
@@ -43,6 +66,9 @@ class EmbeddedFTPServer:
         self._server: FTPServer | None = None
         self._host = host
         self._port = port
+        self.idle_timeout = idle_timeout
+        self.max_cons_per_ip = max_cons_per_ip
+        self.tally = tally
 
     @property
     def port(self) -> int:
@@ -80,18 +106,31 @@ class EmbeddedFTPServer:
                     owner.logins += 1
                     owner.sessions += 1
                     owner.max_sessions = max(owner.max_sessions, owner.sessions)
+                if owner.tally is not None:
+                    owner.tally.change(+1)
                 self._counted = True
 
+            def on_logout(self, username: str) -> None:
+                self._uncount()  # QUIT: counted off before the 221 reply leaves
+
             def on_disconnect(self) -> None:
+                self._uncount()
+
+            def _uncount(self) -> None:
                 if self._counted:
                     self._counted = False
                     with owner._lock:
                         owner.sessions -= 1
+                    if owner.tally is not None:
+                        owner.tally.change(-1)
 
         Handler.authorizer = authorizer
         Handler.banner = "ftp-pooler embedded test server"
-        self._server = FTPServer((self._host, self._port), Handler)
+        Handler.timeout = self.idle_timeout
+        # Each server gets its own IO loop: pyftpdlib's default is a process-wide singleton.
+        self._server = FTPServer((self._host, self._port), Handler, ioloop=IOLoop())
         self._server.max_cons = 1024
+        self._server.max_cons_per_ip = self.max_cons_per_ip
         self._thread = threading.Thread(target=self._serve, name="embedded-ftpd", daemon=True)
         self._thread.start()
         return self

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.support.stack import KAFKA
+from tests.support.stack import KAFKA, Worker
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,3 +18,11 @@ def kafka_broker() -> str:
     except OSError as exc:
         pytest.fail(f"no Kafka broker at {KAFKA} ({exc}); run the suite with `make test`")
     return KAFKA
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test():
+    """A failed test must not leave a worker process behind (it would hold ports and groups)."""
+    yield
+    while Worker.live:
+        Worker.live.pop().kill()

@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -73,6 +73,8 @@ async def make_topics(names: Names, partitions: int) -> None:
 class Worker:
     """One `faust -A app worker` subprocess with its own ports, id and data dir."""
 
+    live: ClassVar[list[Worker]] = []  # killed after each test (see tests/integration/conftest.py)
+
     def __init__(
         self,
         workdir: Path,
@@ -119,6 +121,7 @@ class Worker:
 
     def start(self) -> Worker:
         self.runs += 1
+        Worker.live.append(self)
         with self.log_path.open("ab") as log:
             log.write(f"\n==== run {self.runs} ====\n".encode())
             log.flush()

@@ -1,8 +1,14 @@
-"""The Faust agent on ``ftp-tasks``: every message, however broken, becomes exactly one result."""
+"""The Faust agents on ``ftp-tasks`` and the retry topic: every message ends as one result.
+
+Both agents run one actor each with manual acks: events are handed to an :class:`InFlight`, which
+runs them concurrently and acks them strictly in offset order.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -10,46 +16,130 @@ import structlog
 
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
+from agents.retries import RetryEntry, RetryPolicy, RetryQueue
 from agents.transfer import TransferRunner, utc_now
-from models.errors import InvalidTask
+from models.errors import FtpPoolerError, InvalidTask, UnknownError
 from models.result import Status, TransferResult, raw_value_text
-from models.task import parse_task, peek_task_id
+from models.task import TransferTask, parse_task, peek_task_id
 
 log = structlog.get_logger("ftp_pooler.tasks")
 
+Observer = Callable[[TransferResult], None]
+
+
+def _ignore(result: TransferResult) -> None:
+    return None
+
 
 class TaskHandler:
-    """Parse, transfer, publish: one Kafka event in, one result out."""
+    """Parse, transfer (bounded by ``slots``), then publish the outcome or park a retry."""
 
-    def __init__(self, runner: TransferRunner, publisher: ResultPublisher, worker_id: str) -> None:
+    def __init__(
+        self,
+        runner: TransferRunner,
+        publisher: ResultPublisher,
+        retries: RetryQueue,
+        policy: RetryPolicy,
+        *,
+        worker_id: str,
+        slots: asyncio.Semaphore,
+        on_final: Observer = _ignore,
+        on_retry: Observer = _ignore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.runner = runner
         self.publisher = publisher
+        self.retries = retries
+        self.policy = policy
         self.worker_id = worker_id
+        self.slots = slots
+        self.on_final = on_final
+        self.on_retry = on_retry
+        self._clock = clock
+        # Set while the worker gives up its partitions (shutdown, rebalance): parked retries
+        # stop waiting and stay unacked, so whoever owns the partition next picks them up.
+        self.releasing = asyncio.Event()
 
-    async def __call__(self, event: Any) -> None:
+    async def handle_task(self, event: Any) -> None:
+        """A message from ``ftp-tasks``."""
         raw = event.value
         try:
             task = parse_task(raw)
         except InvalidTask as exc:
-            result = self.invalid_message(raw, event.message, exc)
-        else:
-            result = await self.runner.run(task)
-        await self.publisher.publish(result)
+            await self._finish(self.unreadable(raw, event.message, exc))
+            return
+        await self.attempt(task, 1)
 
-    def invalid_message(
-        self, raw: bytes | None, message: Any, error: InvalidTask
-    ) -> TransferResult:
+    async def handle_retry(self, event: Any) -> None:
+        """A parked retry: wait until it is due (holding nothing), then try again."""
+        try:
+            entry = RetryEntry.decode(event.value)
+        except Exception as exc:
+            error = UnknownError(f"unreadable retry entry: {type(exc).__name__}: {exc}")
+            await self._finish(self.unreadable(event.value, event.message, error))
+            return
+        delay = entry.due_at - self._clock()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(self.releasing.wait(), timeout=delay)
+            except TimeoutError:
+                pass  # due now
+            else:
+                raise asyncio.CancelledError  # not acked: redelivered with its due time
+        await self.attempt(entry.task, entry.attempts + 1)
+
+    async def attempt(self, task: TransferTask, attempt: int) -> None:
+        with structlog.contextvars.bound_contextvars(
+            task_id=task.task_id, src_id=task.src_id, dst_id=task.dst_id
+        ):
+            async with self.slots:
+                result = await self.runner.run(task, attempt)
+            if self.policy.should_retry(result, attempt):
+                delay = await self.retries.park(task, attempt, result)
+                log.info(
+                    "transfer_retry_scheduled",
+                    attempt=attempt,
+                    error_code=result.error_code,
+                    error=result.error_message,
+                    retry_in_seconds=round(delay, 2),
+                )
+                self.on_retry(result)
+                return
+            await self._finish(result)
+
+    async def _finish(self, result: TransferResult) -> None:
+        await self.publisher.publish(result)
+        if result.status == Status.SUCCESS:
+            log.info(
+                "transfer_completed",
+                direction=result.direction,
+                bytes=result.bytes_transferred,
+                duration_ms=result.duration_ms,
+                attempts=result.attempts,
+            )
+        elif result.src_id is not None:
+            log.warning(
+                "transfer_failed",
+                error_code=result.error_code,
+                error=result.error_message,
+                retryable=result.retryable,
+                attempts=result.attempts,
+                duration_ms=result.duration_ms,
+            )
+        self.on_final(result)
+
+    def unreadable(self, raw: bytes | None, message: Any, error: FtpPoolerError) -> TransferResult:
+        """The failure result of a message that is not a task at all."""
         task_id = peek_task_id(raw)
+        source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         log.warning(
             "task_invalid",
             task_id=task_id,
             error_code=error.error_code.value,
             error=error.message,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
+            **source,
         )
-        result = TransferResult(
+        return TransferResult(
             task_id=task_id,
             status=Status.FAILED.value,
             src_id=None,
@@ -66,29 +156,23 @@ class TaskHandler:
             error_message=error.message,
             retryable=False,
             raw_value=raw_value_text(raw),
-            source={
-                "topic": message.topic,
-                "partition": message.partition,
-                "offset": message.offset,
-            },
+            source=source,
         )
-        self.runner.observe(result)
-        return result
 
 
-def register_task_agent(
-    app: faust.App, topic: Any, in_flight: InFlight, handler: TaskHandler
+def register_agent(
+    app: faust.App, topic: Any, name: str, in_flight: InFlight, handler: Callable[[Any], Any]
 ) -> Any:
-    """Subscribe one actor to ``topic``; it starts handlers and acks them in order (no auto-ack)."""
+    """One actor on ``topic`` (no auto-ack): it starts handlers and acks them in order."""
 
-    async def transfer_tasks(stream: Any) -> None:
+    async def consume(stream: Any) -> None:
         manual = stream.noack()
         async for event in manual.events():
-            started = time.monotonic()
             try:
                 await in_flight.submit(event, handler, manual.ack)
             except Exception:
                 # Never let an exception escape: the actor would restart and skip offsets.
-                log.exception("task_submit_failed", waited=time.monotonic() - started)
+                log.exception("task_submit_failed", agent=name)
 
-    return app.agent(topic, name="transfer_tasks", concurrency=1)(transfer_tasks)
+    consume.__name__ = consume.__qualname__ = name
+    return app.agent(topic, name=name, concurrency=1)(consume)

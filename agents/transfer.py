@@ -46,7 +46,7 @@ class TransferRunner:
         worker_id: str,
         block_size: int,
         max_duration: float,
-        observe: Callable[[TransferResult], None] = lambda result: None,
+        verify_size: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -54,52 +54,33 @@ class TransferRunner:
         self.worker_id = worker_id
         self.block_size = block_size
         self.max_duration = max_duration
-        self.observe = observe
+        self.verify_size = verify_size
         self._clock = clock
         # Remote directories known to exist, so uploads do not probe them on every task.
         self._known_dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
 
-    async def run(self, task: TransferTask) -> TransferResult:
+    async def run(self, task: TransferTask, attempt: int = 1) -> TransferResult:
+        """One attempt at ``task``; the caller decides about retries and logs the outcome."""
         started = self._clock()
         direction: Direction | None = None
-        with structlog.contextvars.bound_contextvars(
-            task_id=task.task_id, src_id=task.src_id, dst_id=task.dst_id
-        ):
-            try:
-                direction, remote, local = self._plan(task)
-                async with asyncio.timeout(self.max_duration):
-                    if direction is Direction.DOWNLOAD:
-                        moved = await self._download(task, remote, local)
-                    else:
-                        moved = await self._upload(task, local, remote)
-            except TimeoutError:
-                error: FtpPoolerError = TransferIOError(
-                    f"transfer did not finish within {self.max_duration:.0f} s"
-                )
-            except FtpPoolerError as exc:
-                error = exc
-            except Exception as exc:  # the contract: every task gets a result
-                error = UnknownError(f"{type(exc).__name__}: {exc}")
-            else:
-                result = self._result(task, direction, started, moved=moved)
-                log.info(
-                    "transfer_completed",
-                    direction=direction.value,
-                    bytes=moved.size,
-                    duration_ms=result.duration_ms,
-                )
-                self.observe(result)
-                return result
-            result = self._result(task, direction, started, error=error)
-            log.warning(
-                "transfer_failed",
-                error_code=error.error_code.value,
-                error=error.message,
-                retryable=error.retryable,
-                duration_ms=result.duration_ms,
+        try:
+            direction, remote, local = self._plan(task)
+            async with asyncio.timeout(self.max_duration):
+                if direction is Direction.DOWNLOAD:
+                    moved = await self._download(task, remote, local)
+                else:
+                    moved = await self._upload(task, local, remote)
+        except TimeoutError:
+            error: FtpPoolerError = TransferIOError(
+                f"transfer did not finish within {self.max_duration:.0f} s"
             )
-            self.observe(result)
-            return result
+        except FtpPoolerError as exc:
+            error = exc
+        except Exception as exc:  # the contract: every task gets a result
+            error = UnknownError(f"{type(exc).__name__}: {exc}")
+        else:
+            return self._result(task, direction, started, attempt, moved=moved)
+        return self._result(task, direction, started, attempt, error=error)
 
     def _plan(self, task: TransferTask) -> tuple[Direction, FtpConnection, LocalConnection]:
         src = self.registry.resolve(task.src_id)
@@ -122,6 +103,8 @@ class TransferRunner:
             await target.open()
             try:
                 await session.retrieve(task.src_path, target.write)
+                if self.verify_size:
+                    _check_size(await session.size(task.src_path), target.size, task.src_path)
                 await target.commit()
             except BaseException:
                 await asyncio.shield(target.discard())
@@ -141,6 +124,8 @@ class TransferRunner:
                 await self._ensure_directory(session, remote.id, directory)
                 stored = True
                 await session.store(temp_path, reader.blocks(handle))
+                if self.verify_size:
+                    _check_size(await session.size(temp_path), reader.size, task.dst_path)
                 await session.rename(temp_path, task.dst_path)
                 stored = False
         except BaseException:
@@ -177,6 +162,7 @@ class TransferRunner:
         task: TransferTask,
         direction: Direction | None,
         started: float,
+        attempt: int,
         *,
         moved: Moved | None = None,
         error: FtpPoolerError | None = None,
@@ -190,7 +176,7 @@ class TransferRunner:
             "direction": direction.value if direction else None,
             "duration_ms": int((self._clock() - started) * 1000),
             "timestamp": utc_now(),
-            "attempts": 1,
+            "attempts": attempt,
             "worker": self.worker_id,
         }
         if moved is not None:
@@ -208,6 +194,14 @@ class TransferRunner:
             error_message=error.message,
             retryable=error.retryable,
             **fields,
+        )
+
+
+def _check_size(remote_size: int | None, local_size: int, path: str) -> None:
+    """Both ends must hold the same number of bytes (skipped when the server has no SIZE)."""
+    if remote_size is not None and remote_size != local_size:
+        raise TransferIOError(
+            f"size mismatch for {path}: {local_size} bytes here, server reports {remote_size}"
         )
 
 

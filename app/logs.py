@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 from app.settings import LoggingSettings
+
+
+def _real_stdout() -> TextIO:
+    """A line-buffered writer on file descriptor 1, whatever object sys.stdout is later."""
+    global _STDOUT
+    if _STDOUT is None:
+        _STDOUT = os.fdopen(os.dup(sys.__stdout__.fileno()), "w", buffering=1, encoding="utf-8")
+    return _STDOUT
+
+
+_STDOUT: TextIO | None = None
 
 
 def configure_logging(settings: LoggingSettings) -> None:
@@ -28,7 +40,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[settings.level]
         ),
-        # Faust swaps sys.stdout for a logging proxy; write JSON lines to the real stdout.
-        logger_factory=structlog.PrintLoggerFactory(sys.__stdout__),
+        # Faust swaps sys.stdout for a logging proxy; our JSON lines go to the real stdout.
+        logger_factory=structlog.PrintLoggerFactory(_real_stdout()),
         cache_logger_on_first_use=True,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -13,8 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
+from agents.retries import RetryPolicy, RetryQueue
 from agents.session_reports import FleetSessions
-from agents.tasks import TaskHandler, register_task_agent
+from agents.tasks import TaskHandler, register_agent
 from agents.transfer import TransferRunner
 from app.logs import configure_logging
 from app.metrics import MetricsServer, StateCollector, TransferMetrics
@@ -37,6 +39,8 @@ class FtpPoolerApp(faust.App):
     registry: Registry
     pools: SessionPoolManager[FTPSession]
     in_flight: InFlight
+    retry_in_flight: InFlight
+    handler: TaskHandler
     metrics_server: MetricsServer
     fleet: FleetSessions
     _joined: bool = False
@@ -59,6 +63,7 @@ class FtpPoolerApp(faust.App):
             "in_flight": self.in_flight.running,
             "max_in_flight": self.in_flight.limit,
             "completed": self.in_flight.completed,
+            "retries_waiting": self.retry_in_flight.running,
             "pools": self.pools.snapshot(),
             "fleet": self.fleet.fleet(),
         }
@@ -80,9 +85,16 @@ class FtpPoolerApp(faust.App):
         # in-flight tasks within the grace period, abandon the rest (their offsets stay
         # uncommitted, so they are redelivered), then commit what finished.
         grace = self.settings.worker.shutdown_grace_seconds
-        abandoned = await self.in_flight.drain(grace)
-        if abandoned:
-            log.warning("tasks_abandoned", count=abandoned, grace_seconds=grace)
+        self.handler.releasing.set()
+        try:
+            drained = await asyncio.gather(
+                self.in_flight.drain(grace), self.retry_in_flight.drain(grace)
+            )
+        finally:
+            if not self._stopping:
+                self.handler.releasing.clear()  # a rebalance, not a shutdown: carry on
+        if drained[0]:
+            log.warning("tasks_abandoned", count=drained[0], grace_seconds=grace)
         await consumer.commit()
 
 
@@ -112,20 +124,25 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     app.registry = registry
     metrics_registry = CollectorRegistry()
     metrics = TransferMetrics(metrics_registry)
+    pool = settings.pool
     pools: SessionPoolManager[FTPSession] = SessionPoolManager(
-        max_sessions_per_pod=settings.pool.max_sessions_per_pod,
-        acquire_timeout=settings.pool.acquire_timeout_seconds,
-        session_timeout=settings.pool.session_timeout_seconds,
-        health_check_idle=settings.pool.health_check_idle_seconds,
-        pushback_cooldown=settings.pool.pushback_cooldown_seconds,
+        max_sessions_per_pod=pool.max_sessions_per_pod,
+        acquire_timeout=pool.acquire_timeout_seconds,
+        session_timeout=pool.session_timeout_seconds,
+        health_check_idle=pool.health_check_idle_seconds,
+        pushback_cooldown=pool.pushback_cooldown_seconds,
+        breaker_threshold=pool.circuit_failure_threshold,
+        breaker_open_initial=pool.circuit_open_seconds,
+        breaker_open_max=pool.circuit_open_max_seconds,
         observe_wait=metrics.observe_wait,
     )
     transfer = settings.transfer
     for connection in registry.ftp_connections():
-        cap = connection.max_sessions or settings.pool.max_sessions_per_connection
+        cap = connection.max_sessions or pool.max_sessions_per_connection
         pools.add_pool(connection.id, cap, session_factory(connection, transfer))
     app.pools = pools
     app.in_flight = InFlight(settings.worker.max_in_flight)
+    app.retry_in_flight = InFlight(settings.retry.max_pending)
 
     metrics_registry.register(StateCollector(pools, app.in_flight.count_running))
     app.metrics_server = MetricsServer(metrics_registry, settings.api.host, settings.metrics.port)
@@ -136,22 +153,36 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         worker_id=settings.worker.id,
         block_size=transfer.block_size,
         max_duration=transfer.max_duration_seconds,
-        observe=metrics.observe,
+        verify_size=transfer.verify_size,
     )
     publisher = ResultPublisher(
-        app.topic(kafka.result_topic, key_serializer="raw", value_serializer="raw"),
-        app.topic(kafka.fail_topic, key_serializer="raw", value_serializer="raw"),
+        raw_topic(app, kafka.result_topic), raw_topic(app, kafka.fail_topic)
     )
-    tasks_topic = app.topic(
-        kafka.input_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+    retry = settings.retry
+    policy = RetryPolicy(
+        retry.max_attempts, retry.backoff_initial_seconds, retry.backoff_max_seconds
     )
-    register_task_agent(
-        app, tasks_topic, app.in_flight, TaskHandler(runner, publisher, settings.worker.id)
+    retry_topic = raw_topic(
+        app, f"{kafka.consumer_group}-retries", internal=True, partitions=kafka.topic_partitions
     )
+    app.handler = TaskHandler(
+        runner,
+        publisher,
+        RetryQueue(retry_topic, policy),
+        policy,
+        worker_id=settings.worker.id,
+        slots=asyncio.Semaphore(settings.worker.max_in_flight),
+        on_final=metrics.observe,
+        on_retry=metrics.observe_retry,
+    )
+    register_agent(
+        app,
+        raw_topic(app, kafka.input_topic),
+        "transfer_tasks",
+        app.in_flight,
+        app.handler.handle_task,
+    )
+    register_agent(app, retry_topic, "retry_tasks", app.retry_in_flight, app.handler.handle_retry)
     app.fleet = FleetSessions(
         app,
         worker_id=settings.worker.id,
@@ -179,6 +210,19 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     return app
 
 
+def raw_topic(app: faust.App, name: str, **options: Any) -> Any:
+    """A topic of plain bytes both ways: we parse and render JSON ourselves (no Faust envelope,
+    and no silent drop of a value Faust could not decode)."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        **options,
+    )
+
+
 def session_factory(
     connection: FtpConnection, transfer: TransferSettings
 ) -> Callable[[], FTPSession]:
@@ -188,6 +232,7 @@ def session_factory(
             connect_timeout=transfer.connect_timeout_seconds,
             command_timeout=transfer.command_timeout_seconds,
             block_size=transfer.block_size,
+            stall_timeout=transfer.stall_timeout_seconds,
         )
 
     return new_session

@@ -41,6 +41,12 @@ class TransferMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.retries = Counter(
+            "ftp_pooler_retries_total",
+            "Failed attempts parked for a retry.",
+            ["direction", "error_code"],
+            registry=registry,
+        )
         self.acquire_wait = Histogram(
             "ftp_pooler_session_acquire_wait_seconds",
             "Time a task waited for a ready session.",
@@ -55,6 +61,9 @@ class TransferMetrics:
         if result.status == "success":
             self.bytes.labels(direction).inc(result.bytes_transferred)
         self.duration.labels(direction, result.status).observe(result.duration_ms / 1000)
+
+    def observe_retry(self, result: TransferResult) -> None:
+        self.retries.labels(result.direction or "unknown", result.error_code or "").inc()
 
     def observe_wait(self, connection: str, seconds: float) -> None:
         self.acquire_wait.labels(connection).observe(seconds)

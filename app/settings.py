@@ -55,6 +55,9 @@ class PoolSettings(_Section):
     acquire_timeout_seconds: float = pydantic.Field(30, gt=0)
     health_check_idle_seconds: float = pydantic.Field(30, ge=0)
     pushback_cooldown_seconds: float = pydantic.Field(60, gt=0)
+    circuit_failure_threshold: int = pydantic.Field(5, ge=1)
+    circuit_open_seconds: float = pydantic.Field(5, gt=0)
+    circuit_open_max_seconds: float = pydantic.Field(300, gt=0)
     report_interval_seconds: float = pydantic.Field(5, gt=0)
 
 
@@ -63,6 +66,15 @@ class TransferSettings(_Section):
     connect_timeout_seconds: float = pydantic.Field(10, gt=0)
     command_timeout_seconds: float = pydantic.Field(30, gt=0)
     max_duration_seconds: float = pydantic.Field(3600, gt=0)
+    stall_timeout_seconds: float = pydantic.Field(60, gt=0)
+    verify_size: bool = True
+
+
+class RetrySettings(_Section):
+    max_attempts: int = pydantic.Field(5, ge=1)
+    backoff_initial_seconds: float = pydantic.Field(1, gt=0)
+    backoff_max_seconds: float = pydantic.Field(300, gt=0)
+    max_pending: int = pydantic.Field(10_000, ge=1)
 
 
 class ApiSettings(_Section):
@@ -101,6 +113,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     pool: PoolSettings = PoolSettings()
     transfer: TransferSettings = TransferSettings()
+    retry: RetrySettings = RetrySettings()
     api: ApiSettings = ApiSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -14,6 +14,7 @@ import mode
 import structlog
 
 from models.errors import ConnectionFailed, PoolTimeout, ServerBusy
+from pools.circuit import CircuitBreaker, CircuitOpen
 from pools.pool import S, SessionPool, Waiter
 from pools.session import SessionState
 
@@ -37,6 +38,9 @@ class SessionPoolManager(mode.Service, Generic[S]):
         session_timeout: float,
         health_check_idle: float,
         pushback_cooldown: float = 60.0,
+        breaker_threshold: int = 5,
+        breaker_open_initial: float = 5.0,
+        breaker_open_max: float = 300.0,
         observe_wait: WaitObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
@@ -47,6 +51,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         self.session_timeout = session_timeout
         self.health_check_idle = health_check_idle
         self.pushback_cooldown = pushback_cooldown
+        self.breaker_settings = (breaker_threshold, breaker_open_initial, breaker_open_max)
         self.pools: dict[str, SessionPool[S]] = {}
         self.closed_total: Counter[tuple[str, str]] = Counter()
         self._observe_wait = observe_wait
@@ -59,7 +64,17 @@ class SessionPoolManager(mode.Service, Generic[S]):
         return f"<SessionPoolManager open {self.open_total} | max {self.max_sessions_per_pod}>"
 
     def add_pool(self, conn_id: str, max_sessions: int, factory: Callable[[], S]) -> SessionPool[S]:
-        pool: SessionPool[S] = SessionPool(conn_id, max_sessions, factory, self.pushback_cooldown)
+        threshold, open_initial, open_max = self.breaker_settings
+        breaker = CircuitBreaker(
+            conn_id,
+            threshold=threshold,
+            open_initial=open_initial,
+            open_max=open_max,
+            clock=self._clock,
+        )
+        pool: SessionPool[S] = SessionPool(
+            conn_id, max_sessions, factory, self.pushback_cooldown, breaker
+        )
         self.pools[conn_id] = pool
         return pool
 
@@ -90,6 +105,8 @@ class SessionPoolManager(mode.Service, Generic[S]):
     async def acquire(self, pool: SessionPool[S]) -> S:
         """Wait (bounded) for a session; connect or health-check it outside any bookkeeping."""
         started = self._clock()
+        if pool.idle == 0:
+            pool.breaker.fail_fast()  # a connection marked down defers its tasks at once
         seq = next(self._seq)  # kept across re-waits, so a task never loses its place in line
         try:
             async with asyncio.timeout(self.acquire_timeout):
@@ -136,6 +153,8 @@ class SessionPoolManager(mode.Service, Generic[S]):
         except BaseException:
             self._abandon(pool, waiter)
             raise
+        if waiter.error is not None:
+            raise waiter.error
         if waiter.session is None:
             raise ConnectionFailed("worker is shutting down")
         return waiter
@@ -164,8 +183,15 @@ class SessionPoolManager(mode.Service, Generic[S]):
 
     async def _connect(self, pool: SessionPool[S], session: S) -> bool:
         try:
+            pool.breaker.before_connect()
+        except CircuitOpen:
+            pool.discard(session)  # never connected: nothing to close
+            self._spawn_close(self._assign())
+            raise
+        try:
             await session.connect()
         except ServerBusy as exc:
+            pool.breaker.on_success()  # the server answered: it is up, just full
             pool.discard(session)
             self._closed(pool, "refused")
             if pool.open == 0:
@@ -180,10 +206,24 @@ class SessionPoolManager(mode.Service, Generic[S]):
             )
             await self._close([session, *self._assign()])
             return False
+        except ConnectionFailed as exc:
+            pool.discard(session)
+            self._closed(pool, "connect_failed")
+            if pool.breaker.on_failure(exc.message):
+                log.warning(
+                    "connection_marked_down",
+                    connection=pool.conn_id,
+                    failures=pool.breaker.failures,
+                    error=exc.message,
+                )
+                self._fail_waiters(pool, pool.breaker)
+            raise
         except BaseException:
             pool.discard(session)
             self._closed(pool, "connect_failed")
+            pool.breaker.on_cancelled()
             raise
+        pool.breaker.on_success()
         session.state = SessionState.BUSY
         log.info("session_opened", connection=pool.conn_id, open=pool.open)
         return True
@@ -193,6 +233,13 @@ class SessionPoolManager(mode.Service, Generic[S]):
         self._closed(pool, "stale")
         await self._close([session, *self._assign()])
         return False
+
+    def _fail_waiters(self, pool: SessionPool[S], breaker: CircuitBreaker) -> None:
+        """The connection was just marked down: every task queued for it is deferred now."""
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            waiter.error = breaker.open_error()
+            waiter.event.set()
 
     def _abandon(self, pool: SessionPool[S], waiter: Waiter[S]) -> None:
         """A waiter gave up (timeout, cancellation): leave nothing behind."""

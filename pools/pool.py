@@ -6,8 +6,9 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from pools.circuit import CircuitBreaker
 from pools.session import SessionState
 
 
@@ -47,6 +48,7 @@ class Waiter(Generic[S]):
     # A session of another connection closed to make room under the worker cap; the waiter
     # QUITs it before connecting, so the server-side count never exceeds the cap.
     evicted: S | None = None
+    error: BaseException | None = None  # set instead of a session when the wait must fail
 
 
 class SessionPool(Generic[S]):
@@ -62,6 +64,7 @@ class SessionPool(Generic[S]):
         max_sessions: int,
         factory: Callable[[], S],
         pushback_cooldown: float = 60.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.max_sessions = max_sessions
@@ -75,6 +78,7 @@ class SessionPool(Generic[S]):
         self.pushback_cooldown = pushback_cooldown
         self.pushback_until = 0.0
         self.pushbacks_total = 0
+        self.breaker = breaker or CircuitBreaker(conn_id)
 
     def __repr__(self) -> str:
         cap = f"max {self.max_sessions}"
@@ -106,7 +110,7 @@ class SessionPool(Generic[S]):
     def connected(self) -> int:
         return self.busy + self.idle
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
         return {
             "open": self.open,
             "busy": self.busy,
@@ -117,6 +121,7 @@ class SessionPool(Generic[S]):
             "effective_max_sessions": self.effective_cap,
             "opened_total": self.opened_total,
             "pushbacks_total": self.pushbacks_total,
+            "circuit": self.breaker.snapshot(),
         }
 
     # -- server pushback -----------------------------------------------------------------------

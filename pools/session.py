@@ -7,13 +7,14 @@ import enum
 import posixpath
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from pathlib import PurePosixPath
 from typing import TypeVar
 
 import aioftp
 
 from app.registry import FtpConnection
+from models.errors import TransferIOError
 from pools.translate import Phase, ftp_errors
 
 QUIT_TIMEOUT_SECONDS = 2.0
@@ -40,11 +41,14 @@ class FTPSession:
         connect_timeout: float,
         command_timeout: float,
         block_size: int,
+        stall_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.connection = connection
         self.state = SessionState.DISCONNECTED
         self.block_size = block_size
+        self.stall_timeout = stall_timeout
+        self.size_supported = True
         self.created_at = clock()
         self.last_used = self.created_at
         self.uses = 0
@@ -127,7 +131,11 @@ class FTPSession:
 
         async def body() -> None:
             async with self._client.download_stream(path) as stream:
-                async for block in stream.iter_by_block(self.block_size):
+                while True:
+                    async with self._stall_guard(path):
+                        block = await stream.read(self.block_size)
+                    if not block:
+                        return
                     await on_block(block)
 
         await self._run("source", body(), path)
@@ -138,9 +146,38 @@ class FTPSession:
         async def body() -> None:
             async with self._client.upload_stream(path) as stream:
                 async for block in blocks:
-                    await stream.write(block)
+                    async with self._stall_guard(path):
+                        await stream.write(block)
 
         await self._run("destination", body(), path)
+
+    @asynccontextmanager
+    async def _stall_guard(self, path: str) -> AsyncIterator[None]:
+        """A data connection moving no byte for ``stall_timeout`` fails (IO_ERROR, retryable)."""
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                yield
+        except TimeoutError:
+            raise TransferIOError(
+                f"transfer of {path} stalled: no bytes moved for {self.stall_timeout:.0f} s"
+            ) from None
+
+    async def size(self, path: str) -> int | None:
+        """SIZE of ``path`` in bytes, or None when the server does not support SIZE."""
+        if not self.size_supported:
+            return None
+
+        async def body() -> int | None:
+            try:
+                _code, info = await self._client.command(f"SIZE {path}", "213")
+            except aioftp.StatusCodeError as exc:
+                if any(str(code) in ("500", "502", "504") for code in exc.received_codes):
+                    self.size_supported = False  # not implemented: stop asking this server
+                    return None
+                raise
+            return int(info[-1].strip().split()[-1])
+
+        return await self._run("command", body(), path)
 
     async def rename(self, source: str, target: str) -> None:
         await self._run("destination", self._client.rename(source, target), target)

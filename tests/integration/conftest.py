@@ -23,6 +23,8 @@ def kafka_broker() -> str:
 @pytest.fixture(autouse=True)
 def no_worker_outlives_its_test():
     """A failed test must not leave a worker process behind (it would hold ports and groups)."""
+    before = list(Worker.live)  # workers of module-scoped fixtures live on
     yield
-    while Worker.live:
-        Worker.live.pop().kill()
+    for worker in [w for w in Worker.live if w not in before]:
+        worker.kill()
+        Worker.live.remove(worker)

@@ -41,7 +41,11 @@ class Stack:
             root,
             self.names,
             connections,
-            extra_env={"FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(CAP)},
+            extra_env={
+                "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(CAP),
+                "FTP_POOLER_RETRY__MAX_ATTEMPTS": "2",
+                "FTP_POOLER_RETRY__BACKOFF_INITIAL_SECONDS": "0.2",
+            },
         )
 
 
@@ -154,7 +158,7 @@ async def test_each_kind_of_bad_task_gets_one_failure_with_the_right_code(stack)
         "local-local": ("INVALID_CONFIG", False),
         "ftp-ftp": ("INVALID_CONFIG", False),
         "escape": ("INVALID_TASK", False),
-        "dead": ("CONNECTION_ERROR", True),
+        "dead": ("CONNECTION_ERROR", True),  # after the retry budget (attempts == 2 here)
         "missing-field": ("INVALID_TASK", False),
         "wrong-type": ("INVALID_TASK", False),
         None: ("INVALID_TASK", False),
@@ -165,7 +169,7 @@ async def test_each_kind_of_bad_task_gets_one_failure_with_the_right_code(stack)
         assert value["status"] == "failed"
         assert (value["error_code"], value["retryable"]) == (code, retryable), value
         assert value["error_message"] and PASSWORD not in value["error_message"]
-        assert value["attempts"] == 1
+        assert value["attempts"] == (2 if task_id == "dead" else 1)
     assert "src_path: Field required" in failures["missing-field"].value["error_message"]
     assert (
         "src_path: Input should be a valid string" in failures["wrong-type"].value["error_message"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any, TextIO
 
 import structlog
@@ -14,13 +13,12 @@ from app.settings import LoggingSettings
 
 def _real_stdout() -> TextIO:
     """A line-buffered writer on file descriptor 1, whatever object sys.stdout is later."""
-    global _STDOUT
-    if _STDOUT is None:
-        _STDOUT = os.fdopen(os.dup(sys.__stdout__.fileno()), "w", buffering=1, encoding="utf-8")
-    return _STDOUT
+    if not _STDOUT:
+        _STDOUT.append(open(os.dup(1), "w", buffering=1, encoding="utf-8"))  # noqa: SIM115
+    return _STDOUT[0]
 
 
-_STDOUT: TextIO | None = None
+_STDOUT: list[TextIO] = []  # opened once per process, kept open for its lifetime
 
 
 def configure_logging(settings: LoggingSettings) -> None:

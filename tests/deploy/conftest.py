@@ -1,0 +1,115 @@
+"""Fixtures for the deployment tests: rendered manifests and the settings a pod would load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.registry import Registry, load_registry
+from app.settings import CONFIG_ENV, CONNECTIONS_ENV, ENV_PREFIX, Settings, load_settings
+from tests.deploy import kustomize
+from tests.deploy.kustomize import Manifest
+from tests.deploy.workload import container, file_from_volume, find, mount_at, resolve_env
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+COMPONENTS = sorted(
+    p for p in (K8S / "components").iterdir() if (p / "kustomization.yaml").is_file()
+)
+EXAMPLE_SECRET = K8S / "secret.example.yaml"
+STATEFULSET = "ftp-pooler"
+WORKER_CONTAINER = "worker"
+EXAMPLE_IMAGE = "registry.example.com/data-platform/ftp-pooler"
+
+
+def write_example_overlay(directory: Path) -> Path:
+    """The overlay k8s/README.md shows: the base, every component, the image from a registry."""
+    directory.mkdir(parents=True, exist_ok=True)
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, directory)],
+        "components": [os.path.relpath(c, directory) for c in COMPONENTS],
+        "images": [{"name": "ftp-pooler", "newName": EXAMPLE_IMAGE, "newTag": "0.1.0"}],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def base() -> list[Manifest]:
+    return kustomize.build(K8S)
+
+
+@pytest.fixture(scope="session")
+def overlay_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_example_overlay(tmp_path_factory.mktemp("overlay") / "example")
+
+
+@pytest.fixture(scope="session")
+def full(overlay_dir: Path) -> list[Manifest]:
+    """The base with every optional component, as a user with KEDA and Prometheus applies it."""
+    return kustomize.build(overlay_dir)
+
+
+@pytest.fixture(scope="session")
+def example_secrets() -> list[Manifest]:
+    return kustomize.load_documents(EXAMPLE_SECRET)
+
+
+@dataclass
+class Worker:
+    """A worker pod as rendered, with the settings and registry it would load at start-up."""
+
+    statefulset: Manifest
+    container: Manifest
+    env: dict[str, str]
+    settings: Settings
+    registry: Registry
+
+
+@pytest.fixture
+def worker(
+    full: list[Manifest],
+    example_secrets: list[Manifest],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Worker:
+    """Load settings exactly as app.settings does in the pod: its env, its mounted files."""
+    statefulset = find(full, "StatefulSet", STATEFULSET)
+    ctr = container(statefulset, WORKER_CONTAINER)
+    env = resolve_env(ctr, full)
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name in (CONFIG_ENV, CONNECTIONS_ENV):
+            # A file in the pod: give the loader a local copy of what the mount shows.
+            volume, mount = mount_at(statefulset, ctr, value)
+            local = tmp_path / Path(value).name
+            local.write_text(file_from_volume(volume, mount, full, example_secrets), "utf-8")
+            value = str(local)
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    registry = load_registry(settings.connections_file)
+    return Worker(statefulset, ctr, env, settings, registry)
+
+
+def require_tool(name: str, *candidates: Path) -> str:
+    """Path of a command-line tool; skipped where it is missing, except in CI (CI=true)."""
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail(
+            f"{name} is required in CI and was not found (see the Makefile's setup targets)"
+        )
+    pytest.skip(f"{name} is not installed")

@@ -1,0 +1,173 @@
+"""The Dockerfile and .dockerignore, checked statically (no Docker engine is needed): a pinned
+multi-stage build, a non-root runtime that writes only to its two volumes, the worker entrypoint,
+a build context without tests or caches, and a clean hadolint run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import CONNECTIONS_ENV, ENV_PREFIX, Settings
+from tests.deploy import dockerfile
+from tests.deploy.conftest import REPO, STATEFULSET, WORKER_CONTAINER, require_tool
+from tests.deploy.kustomize import Manifest
+from tests.deploy.routes import route_status
+from tests.deploy.workload import container, find, mount_at, resolve_env
+
+DOCKERFILE = REPO / "Dockerfile"
+DATA_DIR_ENV = f"{ENV_PREFIX}WORKER__DATA_DIR"
+STORAGE = "/data/storage"
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[dockerfile.Stage]:
+    return dockerfile.parse(DOCKERFILE)
+
+
+@pytest.fixture(scope="module")
+def runtime(stages: list[dockerfile.Stage]) -> dockerfile.Stage:
+    return stages[-1]
+
+
+def test_stages_share_one_slim_python_311_base_pinned_by_patch_version(
+    stages: list[dockerfile.Stage],
+) -> None:
+    """Build and runtime stages use the same python:3.11.N-slim image (the venv links into it)."""
+    assert len(stages) >= 2
+    bases = {stage.base for stage in stages}
+    assert len(bases) == 1
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", bases.pop())
+
+
+def test_runtime_stage_runs_as_uid_1000_and_installs_nothing(
+    stages: list[dockerfile.Stage], runtime: dockerfile.Stage
+) -> None:
+    """No package manager runs in the final stage; only the build stage's venv is copied in."""
+    assert [i.arguments for i in runtime.all("USER")][-1] == "1000:1000"
+    for instruction in runtime.all("RUN"):
+        assert not re.search(r"\b(pip|apt-get|apt)\b[^&]*\binstall\b", instruction.arguments)
+        assert "gcc" not in instruction.arguments and "build-essential" not in instruction.arguments
+    build_names = {stage.name for stage in stages[:-1]}
+    for copy in runtime.all("COPY"):
+        source = re.search(r"--from=(\S+)", copy.arguments)
+        assert source and source.group(1) in build_names, copy.arguments
+
+
+def test_dependencies_install_from_pyproject_without_cache(stages: list[dockerfile.Stage]) -> None:
+    """The build stage installs pyproject.toml's dependencies and the package, pip cache off."""
+    installs = [
+        i.arguments
+        for s in stages[:-1]
+        for i in s.all("RUN")
+        if re.search(r"pip\b.*install", i.arguments)
+    ]
+    assert installs and all("--no-cache-dir" in text for text in installs)
+    assert any("pyproject.toml" in text and "--requirement" in text for text in installs)
+
+
+def _worker(full: list[Manifest]) -> tuple[Manifest, Manifest]:
+    statefulset = find(full, "StatefulSet", STATEFULSET)
+    return statefulset, container(statefulset, WORKER_CONTAINER)
+
+
+def test_runtime_writes_only_to_the_two_volumes_the_statefulset_mounts(
+    runtime: dockerfile.Stage, full: list[Manifest]
+) -> None:
+    """The image's data dir and storage dir are its VOLUMEs, owned by 1000, and PVCs in k8s."""
+    env = runtime.env()
+    data_dir = env[DATA_DIR_ENV]
+    volumes = json.loads(runtime.all("VOLUME")[0].arguments)
+    assert sorted(volumes) == sorted([STORAGE, data_dir])
+    setup = " ".join(i.arguments for i in runtime.all("RUN"))
+    for directory in volumes:
+        assert re.search(rf"mkdir -p [^&]*{re.escape(directory)}\b", setup)
+        assert re.search(rf"chown 1000:1000 [^&]*{re.escape(directory)}\b", setup)
+    statefulset, ctr = _worker(full)
+    assert resolve_env(ctr, full)[DATA_DIR_ENV] == data_dir
+    for directory in volumes:
+        volume, _ = mount_at(statefulset, ctr, directory)
+        assert "volumeClaimTemplate" in volume
+
+
+def test_registry_path_in_the_image_is_where_the_secret_is_mounted(
+    runtime: dockerfile.Stage, full: list[Manifest]
+) -> None:
+    """FTP_POOLER_CONNECTIONS defaults to the Secret's mount path in Kubernetes."""
+    statefulset, ctr = _worker(full)
+    path = runtime.env()[CONNECTIONS_ENV]
+    assert resolve_env(ctr, full)[CONNECTIONS_ENV] == path
+    volume, _ = mount_at(statefulset, ctr, path)
+    assert "secret" in volume
+
+
+def test_entrypoint_runs_the_faust_worker(runtime: dockerfile.Stage) -> None:
+    """`faust -A app worker -l info`, exec form, so the worker gets SIGTERM itself."""
+    (entrypoint,) = runtime.all("ENTRYPOINT")
+    (cmd,) = runtime.all("CMD")
+    expected = ["faust", "-A", "app", "worker", "-l", "info"]
+    assert entrypoint.exec_form() + cmd.exec_form() == expected
+
+
+def test_exposed_ports_and_healthcheck_follow_the_settings(runtime: dockerfile.Stage) -> None:
+    """EXPOSE lists the default API and metrics ports; HEALTHCHECK asks the liveness route."""
+    defaults = Settings()
+    exposed = {int(port) for i in runtime.all("EXPOSE") for port in i.arguments.split()}
+    assert exposed == {defaults.api.port, defaults.metrics.port}
+    (healthcheck,) = runtime.all("HEALTHCHECK")
+    script = healthcheck.exec_form()[-1]
+    assert "load_settings().api.port" in script
+    path = re.search(r"\}(/[a-z]+)'", script)
+    assert path and route_status(path.group(1), ready=False) == 200
+
+
+def test_build_context_holds_the_package_and_nothing_else(stages: list[dockerfile.Stage]) -> None:
+    """.dockerignore sends what COPY needs and keeps tests, venvs, caches and jars out."""
+    context = dockerfile.build_context(REPO)
+    for stage in stages:
+        for copy in stage.all("COPY"):
+            if "--from=" in copy.arguments:
+                continue
+            for source in copy.arguments.split()[:-1]:
+                assert any(p == source or p.startswith(source + "/") for p in context), source
+    tops = {path.split("/")[0] for path in context}
+    assert tops == {"pyproject.toml", "README.md", "app", "agents", "models", "pools"}
+    for path in context:
+        assert "__pycache__" not in path and not path.endswith((".pyc", ".jar"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "tests/unit/test_pool.py",
+        ".cache/kafka/4.4.0/libs/kafka.jar",
+        ".venv/bin/python",
+        "app/__pycache__/main.cpython-311.pyc",
+        ".local/kafka-19092/kafka.pid",
+        ".git/HEAD",
+    ],
+)
+def test_dockerignore_excludes(path: str) -> None:
+    """Each of these stays out of the build context, whether or not it exists right now."""
+    assert dockerfile.is_excluded(path, dockerfile.dockerignore_rules(REPO))
+
+
+def test_hadolint_reports_nothing() -> None:
+    """hadolint (every severity, style included) finds nothing, and nothing is ignored silently."""
+    hadolint = require_tool("hadolint", Path(sys.executable).with_name("hadolint"))
+    result = subprocess.run(
+        [hadolint, "--no-fail", "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(result.stdout) == []
+    lines = DOCKERFILE.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            assert lines[number - 1].lstrip().startswith("#"), "an ignore needs a reason above it"

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+from agents.temp_journal import TempFile, TempJournal
 from models.errors import InvalidTask
 from pools.translate import local_errors
 
@@ -41,10 +42,12 @@ class AtomicFile:
     Blocking file calls run in a thread so that a slow disk never stalls the event loop.
     """
 
-    def __init__(self, path: Path, display_path: str) -> None:
+    def __init__(self, path: Path, display_path: str, journal: TempJournal | None = None) -> None:
         self.path = path
         self.display_path = display_path
         self.temp_path = path.with_name(temp_name(path.name))
+        self._journal = journal
+        self._entry = TempFile(str(self.temp_path))
         self.size = 0
         self._hash = hashlib.sha256()
         self._handle: BinaryIO | None = None
@@ -54,6 +57,8 @@ class AtomicFile:
         return self._hash.hexdigest()
 
     async def open(self) -> None:
+        if self._journal is not None:
+            self._journal.started(self._entry)
         with local_errors("destination", self.display_path):
             self._handle = await asyncio.to_thread(self._open)
 
@@ -77,6 +82,8 @@ class AtomicFile:
         handle, self._handle = self._handle, None
         with local_errors("destination", self.display_path):
             await asyncio.to_thread(self._commit, handle)
+        if self._journal is not None:
+            self._journal.finished(self._entry)
 
     def _commit(self, handle: BinaryIO) -> None:
         handle.close()
@@ -86,6 +93,8 @@ class AtomicFile:
         """Remove the temporary file; never raises."""
         handle, self._handle = self._handle, None
         await asyncio.to_thread(self._discard, handle)
+        if self._journal is not None and not self.temp_path.exists():
+            self._journal.finished(self._entry)
 
     def _discard(self, handle: BinaryIO | None) -> None:
         try:

@@ -14,8 +14,14 @@ from typing import Any
 import structlog
 
 from agents.local_files import AtomicFile, HashingReader, jail, temp_name
+from agents.temp_journal import TempFile, TempJournal
 from app.registry import FtpConnection, LocalConnection, Registry
-from models.errors import FtpPoolerError, InvalidConfig, TransferIOError, UnknownError
+from models.errors import (
+    FtpPoolerError,
+    InvalidConfig,
+    TransferIOError,
+    UnknownError,
+)
 from models.result import Direction, Status, TransferResult
 from models.task import TransferTask
 from pools.manager import SessionPoolManager
@@ -47,6 +53,7 @@ class TransferRunner:
         block_size: int,
         max_duration: float,
         verify_size: bool = True,
+        journal: TempJournal | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -55,6 +62,7 @@ class TransferRunner:
         self.block_size = block_size
         self.max_duration = max_duration
         self.verify_size = verify_size
+        self.journal = journal
         self._clock = clock
         # Remote directories known to exist, so uploads do not probe them on every task.
         self._known_dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -98,7 +106,7 @@ class TransferRunner:
     async def _download(
         self, task: TransferTask, remote: FtpConnection, local: LocalConnection
     ) -> Moved:
-        target = AtomicFile(jail(local.base_path, task.dst_path), task.dst_path)
+        target = AtomicFile(jail(local.base_path, task.dst_path), task.dst_path, self.journal)
         async with self.pools.session(remote.id) as session:
             await target.open()
             try:
@@ -118,20 +126,25 @@ class TransferRunner:
         handle = await reader.open()  # a missing source fails before a session is taken
         directory, name = posixpath.split(task.dst_path)
         temp_path = posixpath.join(directory, temp_name(name))
+        entry = TempFile(temp_path, remote.id)
         stored = False
         try:
             async with self.pools.session(remote.id) as session:
                 await self._ensure_directory(session, remote.id, directory)
                 stored = True
+                if self.journal is not None:
+                    self.journal.started(entry)
                 await session.store(temp_path, reader.blocks(handle))
                 if self.verify_size:
                     _check_size(await session.size(temp_path), reader.size, task.dst_path)
                 await session.rename(temp_path, task.dst_path)
                 stored = False
+                if self.journal is not None:
+                    self.journal.finished(entry)
         except BaseException:
             await asyncio.to_thread(handle.close)
             if stored:
-                await asyncio.shield(self._remove_quietly(remote.id, temp_path))
+                await asyncio.shield(self.remove_remote(entry))
                 self._known_dirs.pop((remote.id, directory), None)
             raise
         return Moved(reader.size, reader.sha256)
@@ -148,14 +161,23 @@ class TransferRunner:
         if len(self._known_dirs) > KNOWN_DIRECTORIES_LIMIT:
             self._known_dirs.popitem(last=False)
 
-    async def _remove_quietly(self, conn_id: str, path: str) -> None:
-        """Best effort: a failed upload's temporary file is removed on a fresh session."""
+    async def remove_remote(self, entry: TempFile) -> bool:
+        """Best effort: remove an upload's temporary file on a fresh session.
+
+        Gone already counts as removed; on any other failure it stays in the journal and is
+        tried again at the next start.
+        """
+        assert entry.conn_id is not None
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT_SECONDS):
-                async with self.pools.session(conn_id) as session:
-                    await session.remove(path)
+                async with self.pools.session(entry.conn_id) as session:
+                    await session.remove(entry.path)
         except Exception as exc:
-            log.info("temp_cleanup_failed", path=path, error=str(exc))
+            log.info("temp_cleanup_failed", path=entry.path, error=str(exc))
+            return False
+        if self.journal is not None:
+            self.journal.finished(entry)
+        return True
 
     def _result(
         self,

@@ -17,6 +17,7 @@ from agents.publisher import ResultPublisher
 from agents.retries import RetryPolicy, RetryQueue
 from agents.session_reports import FleetSessions
 from agents.tasks import TaskHandler, register_agent
+from agents.temp_journal import TempJournal
 from agents.transfer import TransferRunner
 from app.logs import configure_logging
 from app.metrics import MetricsServer, StateCollector, TransferMetrics
@@ -147,9 +148,14 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     metrics_registry.register(StateCollector(pools, app.in_flight.count_running))
     app.metrics_server = MetricsServer(metrics_registry, settings.api.host, settings.metrics.port)
 
+    journal = TempJournal(settings.worker.data_dir / "temp-files.journal")
+    removed = journal.remove_local_leftovers()
+    if removed:
+        log.warning("temp_files_removed", count=removed, reason="left by a previous run")
     runner = TransferRunner(
         registry,
         pools,
+        journal=journal,
         worker_id=settings.worker.id,
         block_size=transfer.block_size,
         max_duration=transfer.max_duration_seconds,
@@ -190,6 +196,17 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         snapshot=pools.snapshot,
     )
     register_views(app)
+
+    @app.task
+    async def _remove_remote_leftovers() -> None:
+        for entry in journal.remote_leftovers():
+            if entry.conn_id in pools.pools and await runner.remove_remote(entry):
+                log.warning(
+                    "temp_files_removed",
+                    count=1,
+                    connection=entry.conn_id,
+                    reason="left by a previous run",
+                )
 
     @app.task
     async def _announce() -> None:

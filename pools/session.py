@@ -201,8 +201,19 @@ class FTPSession:
 
         await self._run("destination", body(), path)
 
-    async def remove(self, path: str) -> None:
-        await self._run("destination", self._client.remove_file(path), path)
+    async def remove(self, path: str) -> bool:
+        """DELE ``path``; False when it did not exist (550), which is not an error here."""
+
+        async def body() -> bool:
+            try:
+                await self._client.command(f"DELE {path}", "2xx")
+            except aioftp.StatusCodeError as exc:
+                if any(str(code) == "550" for code in exc.received_codes):
+                    return False
+                raise
+            return True
+
+        return await self._run("destination", body(), path)
 
     async def _run(self, phase: Phase, operation: Awaitable[T], path: str = "") -> T:
         where = f"{self.where}{posixpath.join('/', path) if path else ''}"

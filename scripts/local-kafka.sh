@@ -70,6 +70,9 @@ offsets.topic.num.partitions=4
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Allow values up to 16 MiB so oversized (poison) tasks reach the worker and get a failure result.
+message.max.bytes=16777216
+replica.fetch.max.bytes=16777216
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 PROPS

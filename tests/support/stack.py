@@ -82,6 +82,7 @@ class Worker:
         connections: Path,
         worker_id: str = "w1",
         extra_env: dict[str, str] | None = None,
+        log_level: str = "info",
     ) -> None:
         self.workdir = workdir
         self.names = names
@@ -90,6 +91,7 @@ class Worker:
         self.api_port = free_port()
         self.metrics_port = free_port()
         self.extra_env = extra_env or {}
+        self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{worker_id}.log"
         self.runs = 0
@@ -126,7 +128,7 @@ class Worker:
             log.write(f"\n==== run {self.runs} ====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [str(FAUST), "-A", "app", "worker", "-l", "info"],
+                [str(FAUST), "-A", "app", "worker", "-l", self.log_level],
                 cwd=self.workdir,
                 env=self.env(),
                 stdout=log,
@@ -172,6 +174,12 @@ class Worker:
             raise AssertionError(
                 f"worker ignored SIGTERM for {timeout} s:\n{self.tail()}"
             ) from None
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kib) * 1024
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

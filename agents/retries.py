@@ -19,6 +19,8 @@ from agents.publisher import send_until_acked
 from models.result import Status, TransferResult
 from models.task import TransferTask, parse_task
 
+MAX_DEFERRAL_SECONDS = 30.0
+
 
 class RetryPolicy:
     """Exponential backoff with jitter: initial * 2^(n-1), capped, times 0.8-1.2."""
@@ -56,6 +58,7 @@ class RetryEntry:
     due_at: float
     error_code: str
     error_message: str
+    deferrals: int = 0  # times parked because the connection's queue was full (not attempts)
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -65,6 +68,7 @@ class RetryEntry:
                 "due_at": self.due_at,
                 "error_code": self.error_code,
                 "error_message": self.error_message,
+                "deferrals": self.deferrals,
             },
             separators=(",", ":"),
         ).encode()
@@ -80,6 +84,7 @@ class RetryEntry:
             due_at=float(data["due_at"]),
             error_code=str(data["error_code"]),
             error_message=str(data["error_message"]),
+            deferrals=int(data.get("deferrals", 0)),
         )
 
 
@@ -93,15 +98,27 @@ class RetryQueue:
         self.policy = policy
         self._clock = clock
 
-    async def park(self, task: TransferTask, attempts_done: int, result: TransferResult) -> float:
-        """Returns the delay chosen."""
-        delay = self.policy.delay(attempts_done)
+    async def park(
+        self,
+        task: TransferTask,
+        attempts_done: int,
+        error_code: str,
+        error_message: str,
+        deferrals: int = 0,
+    ) -> float:
+        """Returns the delay chosen: the backoff after ``attempts_done`` attempts, or, for a
+        deferred task, a backoff of its own that grows with each deferral (capped at 30 s)."""
+        if deferrals:
+            delay = min(MAX_DEFERRAL_SECONDS, self.policy.delay(deferrals))
+        else:
+            delay = self.policy.delay(max(1, attempts_done))
         entry = RetryEntry(
             task=task,
             attempts=attempts_done,
             due_at=self._clock() + delay,
-            error_code=result.error_code or "",
-            error_message=result.error_message or "",
+            error_code=error_code,
+            error_message=error_message,
+            deferrals=deferrals,
         )
         await send_until_acked(self.topic, task.task_id.encode(), entry.encode())
         return delay

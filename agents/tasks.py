@@ -18,7 +18,7 @@ from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
 from agents.retries import RetryEntry, RetryPolicy, RetryQueue
 from agents.transfer import TransferRunner, utc_now
-from models.errors import FtpPoolerError, InvalidTask, UnknownError
+from models.errors import Deferred, FtpPoolerError, InvalidTask, UnknownError
 from models.result import Status, TransferResult, raw_value_text
 from models.task import TransferTask, parse_task, peek_task_id
 
@@ -32,7 +32,13 @@ def _ignore(result: TransferResult) -> None:
 
 
 class TaskHandler:
-    """Parse, transfer (bounded by ``slots``), then publish the outcome or park a retry."""
+    """Parse, transfer, then publish the outcome or park a retry.
+
+    Nothing here bounds concurrency: transfers are bounded by the session pools' caps, and the
+    events held at once by the :class:`InFlight` limits. A task waiting for a session of a slow
+    or dead server holds only its place in that connection's queue, never a shared slot, so it
+    cannot starve tasks for healthy servers.
+    """
 
     def __init__(
         self,
@@ -42,7 +48,6 @@ class TaskHandler:
         policy: RetryPolicy,
         *,
         worker_id: str,
-        slots: asyncio.Semaphore,
         on_final: Observer = _ignore,
         on_retry: Observer = _ignore,
         clock: Callable[[], float] = time.time,
@@ -52,7 +57,6 @@ class TaskHandler:
         self.retries = retries
         self.policy = policy
         self.worker_id = worker_id
-        self.slots = slots
         self.on_final = on_final
         self.on_retry = on_retry
         self._clock = clock
@@ -86,16 +90,29 @@ class TaskHandler:
                 pass  # due now
             else:
                 raise asyncio.CancelledError  # not acked: redelivered with its due time
-        await self.attempt(entry.task, entry.attempts + 1)
+        await self.attempt(entry.task, entry.attempts + 1, entry.deferrals)
 
-    async def attempt(self, task: TransferTask, attempt: int) -> None:
+    async def attempt(self, task: TransferTask, attempt: int, deferrals: int = 0) -> None:
         with structlog.contextvars.bound_contextvars(
             task_id=task.task_id, src_id=task.src_id, dst_id=task.dst_id
         ):
-            async with self.slots:
+            try:
                 result = await self.runner.run(task, attempt)
+            except Deferred as exc:
+                delay = await self.retries.park(
+                    task, attempt - 1, exc.error_code.value, exc.message, deferrals + 1
+                )
+                log.info(
+                    "transfer_deferred",
+                    attempt=attempt,
+                    error=exc.message,
+                    retry_in_seconds=round(delay, 2),
+                )
+                return
             if self.policy.should_retry(result, attempt):
-                delay = await self.retries.park(task, attempt, result)
+                delay = await self.retries.park(
+                    task, attempt, result.error_code or "", result.error_message or ""
+                )
                 log.info(
                     "transfer_retry_scheduled",
                     attempt=attempt,

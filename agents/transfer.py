@@ -17,6 +17,7 @@ from agents.local_files import AtomicFile, HashingReader, jail, temp_name
 from agents.temp_journal import TempFile, TempJournal
 from app.registry import FtpConnection, LocalConnection, Registry
 from models.errors import (
+    Deferred,
     FtpPoolerError,
     InvalidConfig,
     TransferIOError,
@@ -68,7 +69,11 @@ class TransferRunner:
         self._known_dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def run(self, task: TransferTask, attempt: int = 1) -> TransferResult:
-        """One attempt at ``task``; the caller decides about retries and logs the outcome."""
+        """One attempt at ``task``; the caller decides about retries and logs the outcome.
+
+        Raises :class:`Deferred` (and only that) when the task could not even start because its
+        connection's queue is full.
+        """
         started = self._clock()
         direction: Direction | None = None
         try:
@@ -78,6 +83,8 @@ class TransferRunner:
                     moved = await self._download(task, remote, local)
                 else:
                     moved = await self._upload(task, local, remote)
+        except Deferred:
+            raise  # not an attempt: the caller parks the task
         except TimeoutError:
             error: FtpPoolerError = TransferIOError(
                 f"transfer did not finish within {self.max_duration:.0f} s"

@@ -135,6 +135,7 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         breaker_threshold=pool.circuit_failure_threshold,
         breaker_open_initial=pool.circuit_open_seconds,
         breaker_open_max=pool.circuit_open_max_seconds,
+        max_waiting=pool.max_waiting_per_connection,
         observe_wait=metrics.observe_wait,
     )
     transfer = settings.transfer
@@ -177,7 +178,6 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         RetryQueue(retry_topic, policy),
         policy,
         worker_id=settings.worker.id,
-        slots=asyncio.Semaphore(settings.worker.max_in_flight),
         on_final=metrics.observe,
         on_retry=metrics.observe_retry,
     )

@@ -55,6 +55,7 @@ class PoolSettings(_Section):
     acquire_timeout_seconds: float = pydantic.Field(30, gt=0)
     health_check_idle_seconds: float = pydantic.Field(30, ge=0)
     pushback_cooldown_seconds: float = pydantic.Field(60, gt=0)
+    max_waiting_per_connection: int = pydantic.Field(100, ge=1)
     circuit_failure_threshold: int = pydantic.Field(5, ge=1)
     circuit_open_seconds: float = pydantic.Field(5, gt=0)
     circuit_open_max_seconds: float = pydantic.Field(300, gt=0)
@@ -98,7 +99,9 @@ class LoggingSettings(_Section):
 
 class WorkerSettings(_Section):
     id: str = pydantic.Field(default_factory=socket.gethostname, min_length=1)
-    max_in_flight: int = pydantic.Field(100, ge=1)
+    # Tasks held at once: transferring, or waiting for a session (transfers themselves are
+    # bounded by the session caps).
+    max_in_flight: int = pydantic.Field(1000, ge=1)
     shutdown_grace_seconds: float = pydantic.Field(25, ge=0)
     data_dir: Path = Path("ftp-pooler-data")
 

@@ -64,6 +64,10 @@ class ServerBusy(ConnectionFailed):
     """The server refused another session (421: too many users or connections)."""
 
 
+class Deferred(ConnectionFailed):
+    """Too many tasks already wait for this connection: park this one (no attempt is used)."""
+
+
 class PoolTimeout(ConnectionFailed):
     """No session of the connection became free within the acquire timeout."""
 

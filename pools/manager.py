@@ -13,7 +13,7 @@ from typing import Any, Generic
 import mode
 import structlog
 
-from models.errors import ConnectionFailed, PoolTimeout, ServerBusy
+from models.errors import ConnectionFailed, Deferred, PoolTimeout, ServerBusy
 from pools.circuit import CircuitBreaker, CircuitOpen
 from pools.pool import S, SessionPool, Waiter
 from pools.session import SessionState
@@ -41,6 +41,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         breaker_threshold: int = 5,
         breaker_open_initial: float = 5.0,
         breaker_open_max: float = 300.0,
+        max_waiting: int = 100,
         observe_wait: WaitObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
@@ -52,6 +53,8 @@ class SessionPoolManager(mode.Service, Generic[S]):
         self.health_check_idle = health_check_idle
         self.pushback_cooldown = pushback_cooldown
         self.breaker_settings = (breaker_threshold, breaker_open_initial, breaker_open_max)
+        self.max_waiting = max_waiting
+        self.deferred_total: Counter[str] = Counter()
         self.pools: dict[str, SessionPool[S]] = {}
         self.closed_total: Counter[tuple[str, str]] = Counter()
         self._observe_wait = observe_wait
@@ -107,6 +110,13 @@ class SessionPoolManager(mode.Service, Generic[S]):
         started = self._clock()
         if pool.idle == 0:
             pool.breaker.fail_fast()  # a connection marked down defers its tasks at once
+            if len(pool.waiters) >= self.max_waiting:
+                # A slow or black-holed server must not collect every task the worker holds:
+                # beyond this many waiters its tasks are parked, and others keep flowing.
+                self.deferred_total[pool.conn_id] += 1
+                raise Deferred(
+                    f"{len(pool.waiters)} tasks already wait for a session of {pool.conn_id!r}"
+                )
         seq = next(self._seq)  # kept across re-waits, so a task never loses its place in line
         try:
             async with asyncio.timeout(self.acquire_timeout):

@@ -60,6 +60,7 @@ class EmbeddedFTPServer:
         self.sessions = 0
         self.max_sessions = 0
         self.send_limit = 0  # bytes/s for downloads (server -> client); 0 = unlimited
+        self.retr_delay = 0.0  # seconds before each RETR is served (a distant server's latency)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,6 +110,13 @@ class EmbeddedFTPServer:
                 if owner.tally is not None:
                     owner.tally.change(+1)
                 self._counted = True
+
+            def ftp_RETR(self, file: str) -> Any:
+                if owner.retr_delay:
+                    # Delay without blocking the server's single-threaded IO loop.
+                    self.ioloop.call_later(owner.retr_delay, FTPHandler.ftp_RETR, self, file)
+                    return None
+                return super().ftp_RETR(file)
 
             def on_logout(self, username: str) -> None:
                 self._uncount()  # QUIT: counted off before the 221 reply leaves

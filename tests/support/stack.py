@@ -318,3 +318,13 @@ type = local
 base_path = {storage}
 {extra}""")
     return path
+
+
+async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` (e.g. a worker's HTTP status) until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True

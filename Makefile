@@ -7,7 +7,7 @@ TEST_KAFKA_PORT ?= 19192
 DEMO_KAFKA_PORT ?= 19292
 export KAFKA_PORT ?= 19092
 
-.PHONY: setup demo test unit lint kafka-up kafka-down kafka-fetch clean checkov-setup
+.PHONY: setup demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Larger delivery runs than `make test` (10x the crash-safety tasks), on their own broker.
+SOAK_KAFKA_PORT ?= 19992
+soak: setup kafka-fetch
+	KAFKA_PORT=$(SOAK_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-soak scripts/local-kafka.sh up
+	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(SOAK_KAFKA_PORT) FTP_POOLER_SOAK_SCALE=10 \
+	  FTP_POOLER_TEST_KAFKA_STATE=$(CURDIR)/.local/kafka-soak \
+	  $(BIN)/pytest -s tests/integration/test_delivery.py tests/integration/test_poison.py; \
+	status=$$?; KAFKA_PORT=$(SOAK_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-soak \
+	  scripts/local-kafka.sh down; exit $$status
 
 unit: setup
 	$(BIN)/pytest tests/unit

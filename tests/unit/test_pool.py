@@ -308,3 +308,39 @@ async def test_randomized_interleavings_keep_caps_fifo_and_leak_nothing(seed):
         assert servers[name].live == pool.open  # every open session is accounted for
     await manager.on_stop()
     assert all(server.live == 0 for server in servers.values())
+
+
+async def test_cancelled_while_connecting_leaks_nothing():
+    """A task cancelled in the middle of its session's login leaves no slot or socket behind."""
+    server = FakeServer(connect_delay=0.05)
+    manager = make_manager()
+    pool = manager.add_pool("a", 1, server.factory)
+    attempt = asyncio.create_task(manager.acquire(pool))
+    await asyncio.sleep(0.01)
+    assert pool.connecting == 1
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    assert pool.open == 0 and not pool.waiters
+    async with manager.session("a"):
+        assert pool.busy == 1
+    await manager.on_stop()
+    assert server.live == 0
+
+
+async def test_cancelled_while_transferring_closes_the_session():
+    """Cancellation inside the block counts as a failed transfer: the session is closed."""
+    server = FakeServer()
+    manager = make_manager()
+    pool = manager.add_pool("a", 1, server.factory)
+
+    async def transfer():
+        async with manager.session("a"):
+            await asyncio.sleep(10)
+
+    running = asyncio.create_task(transfer())
+    await asyncio.sleep(0.01)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert pool.open == 0 and server.live == 0

@@ -11,6 +11,9 @@ from models.errors import InvalidTask
 
 MAX_ID_CHARS = 256
 MAX_PATH_CHARS = 4096
+# A valid task is under 9 KiB even with every field at its limit; anything far larger is rejected
+# before parsing, so a multi-megabyte poison value is never copied into a JSON document.
+MAX_TASK_BYTES = 64 * 1024
 
 
 def _no_nul(value: str) -> str:
@@ -53,6 +56,8 @@ def parse_task(raw: bytes | None) -> TransferTask:
     """Build a task from a raw Kafka value or raise :class:`InvalidTask` saying what is wrong."""
     if raw is None:
         raise InvalidTask("message has no value (tombstone)")
+    if len(raw) > MAX_TASK_BYTES:
+        raise InvalidTask(f"value is {len(raw)} bytes; a task is at most {MAX_TASK_BYTES} bytes")
     try:
         schema = _TaskSchema.model_validate_json(raw)
     except pydantic.ValidationError as exc:
@@ -62,7 +67,7 @@ def parse_task(raw: bytes | None) -> TransferTask:
 
 def peek_task_id(raw: bytes | None) -> str | None:
     """Best-effort ``task_id`` of an invalid message, so its failure can still be correlated."""
-    if not raw:
+    if not raw or len(raw) > MAX_TASK_BYTES:
         return None
     try:
         data: Any = pydantic.TypeAdapter(dict[str, Any]).validate_json(raw)

@@ -52,6 +52,14 @@ def test_invalid_values_raise_invalid_task_naming_the_problem(raw, fragment):
     assert fragment in caught.value.message
 
 
+def test_oversized_value_is_rejected_before_parsing():
+    """A 10 MB value is INVALID_TASK by its size alone, and its task_id is not dug out."""
+    raw = b'{"task_id": "big", "pad": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+    with pytest.raises(InvalidTask, match="bytes; a task is at most 65536 bytes"):
+        parse_task(raw)
+    assert peek_task_id(raw) is None
+
+
 def test_tombstone_is_invalid():
     """A message without a value cannot be a task."""
     with pytest.raises(InvalidTask, match="no value"):

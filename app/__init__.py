@@ -9,6 +9,9 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     if name == "app":
         from app.main import app_from_environment
+        from app.memory import return_large_buffers_to_the_system
+
+        return_large_buffers_to_the_system()
 
         value = app_from_environment()
         globals()["app"] = value

@@ -5,9 +5,16 @@ BIN := $(VENV)/bin
 # The test broker gets its own port and state, so a dev broker (make kafka-up) is left alone.
 TEST_KAFKA_PORT ?= 19192
 DEMO_KAFKA_PORT ?= 19292
+COMPAT_KAFKA_PORT ?= 19492
+MATRIX_KAFKA_PORT ?= 19592
+# The two Kafka lines the end-to-end tests must pass against (make test-kafka-matrix).
+KAFKA_MATRIX_VERSIONS ?= 4.4.0 3.9.2
+KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/test_commit_safety.py \
+	tests/compat/test_e2e_tls.py
 export KAFKA_PORT ?= 19092
 
-.PHONY: setup demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup
+.PHONY: setup demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
+	compat-setup test-compat test-kafka-matrix
 
 setup: $(VENV)/.installed
 
@@ -58,7 +65,36 @@ soak: setup kafka-fetch
 unit: setup
 	$(BIN)/pytest tests/unit
 
-test: setup kafka-fetch lint checkov-setup
+# vsftpd, ProFTPD and Pure-FTPd from Debian's packages plus their test user (root; idempotent,
+# about 10 s the first time, instant after). tests/compat runs them; see README "Compatibility".
+compat-setup:
+	scripts/ftp-servers.sh install
+
+# The compatibility suite alone (also part of `make test`), on its own broker.
+test-compat: setup kafka-fetch compat-setup
+	KAFKA_PORT=$(COMPAT_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-compat-$(COMPAT_KAFKA_PORT) scripts/local-kafka.sh down
+	rm -rf $(CURDIR)/.local/kafka-compat-$(COMPAT_KAFKA_PORT)
+	KAFKA_PORT=$(COMPAT_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-compat-$(COMPAT_KAFKA_PORT) scripts/local-kafka.sh up
+	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(COMPAT_KAFKA_PORT) $(BIN)/pytest tests/compat; status=$$?; \
+	KAFKA_PORT=$(COMPAT_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-compat-$(COMPAT_KAFKA_PORT) scripts/local-kafka.sh down; \
+	exit $$status
+
+# The end-to-end tests once per Kafka line, each on a fresh broker of that version.
+test-kafka-matrix: setup compat-setup
+	@failed=""; for version in $(KAFKA_MATRIX_VERSIONS); do \
+	  state=$(CURDIR)/.local/kafka-matrix-$(MATRIX_KAFKA_PORT)-$$version; \
+	  KAFKA_PORT=$(MATRIX_KAFKA_PORT) KAFKA_STATE_DIR=$$state scripts/local-kafka.sh down; \
+	  rm -rf $$state; \
+	  echo "== Kafka $$version"; \
+	  if KAFKA_VERSION=$$version KAFKA_PORT=$(MATRIX_KAFKA_PORT) KAFKA_STATE_DIR=$$state scripts/local-kafka.sh up; then \
+	    FTP_POOLER_TEST_KAFKA=127.0.0.1:$(MATRIX_KAFKA_PORT) $(BIN)/pytest -q $(KAFKA_E2E_TESTS) || failed="$$failed $$version"; \
+	  else failed="$$failed $$version"; fi; \
+	  KAFKA_PORT=$(MATRIX_KAFKA_PORT) KAFKA_STATE_DIR=$$state scripts/local-kafka.sh down; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-kafka-matrix: failed against Kafka$$failed"; exit 1; fi; \
+	echo "test-kafka-matrix: passed against Kafka $(KAFKA_MATRIX_VERSIONS)"
+
+test: setup kafka-fetch lint checkov-setup compat-setup
 	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh down
 	rm -rf $(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT)
 	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh up

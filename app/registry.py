@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import configparser
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from models.errors import ConfigError, InvalidConfig
 
-_FTP_KEYS = {"type", "host", "port", "user", "pass", "passive", "max_sessions"}
+_TLS_KEYS = {"tls_verify", "tls_ca_file", "tls_server_name"}
+_FTP_KEYS = {"type", "host", "port", "user", "pass", "passive", "max_sessions", "tls", *_TLS_KEYS}
+_TLS_MODES = ("none", "explicit", "implicit")
+TlsMode = Literal["none", "explicit", "implicit"]
+IMPLICIT_TLS_PORT = 990
 _LOCAL_KEYS = {"type", "base_path"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -27,6 +32,11 @@ class FtpConnection:
     password: str = field(default="", repr=False)
     passive: bool = True
     max_sessions: int | None = None
+    # FTPS: "explicit" is AUTH TLS on the control port, "implicit" TLS from the first byte.
+    tls: TlsMode = "none"
+    tls_verify: bool = True
+    tls_ca_file: Path | None = None
+    tls_server_name: str | None = None
 
     def public(self) -> dict[str, Any]:
         """Settings safe to show anywhere (never the password)."""
@@ -38,6 +48,10 @@ class FtpConnection:
             "user": self.user,
             "passive": self.passive,
             "max_sessions": self.max_sessions,
+            "tls": self.tls,
+            "tls_verify": self.tls_verify,
+            "tls_ca_file": str(self.tls_ca_file) if self.tls_ca_file else None,
+            "tls_server_name": self.tls_server_name,
         }
 
 
@@ -133,13 +147,18 @@ def _parse_section(source: str, section: str, values: configparser.SectionProxy)
     host = values.get("host", "").strip()
     if not host:
         raise fail("host", "missing")
-    port = _int(values.get("port", "21"), 1, 65535, lambda m: fail("port", m))
+    tls = values.get("tls", "none").strip().lower()
+    if tls not in _TLS_MODES:
+        raise fail("tls", f"must be one of none, explicit, implicit; got {tls!r}")
+    default_port = str(IMPLICIT_TLS_PORT) if tls == "implicit" else "21"
+    port = _int(values.get("port", default_port), 1, 65535, lambda m: fail("port", m))
     passive = _bool(values.get("passive", "true"), lambda m: fail("passive", m))
     if not passive:
         raise fail("passive", "active (PORT) mode is not supported; use passive = true")
     max_sessions = None
     if "max_sessions" in values:
         max_sessions = _int(values["max_sessions"], 1, 10_000, lambda m: fail("max_sessions", m))
+    tls_verify, ca_file, server_name = _tls_settings(tls, values, fail)
     return FtpConnection(
         id=section,
         host=host,
@@ -148,7 +167,43 @@ def _parse_section(source: str, section: str, values: configparser.SectionProxy)
         password=values.get("pass", ""),
         passive=passive,
         max_sessions=max_sessions,
+        tls=cast(TlsMode, tls),  # checked against _TLS_MODES above
+        tls_verify=tls_verify,
+        tls_ca_file=ca_file,
+        tls_server_name=server_name,
     )
+
+
+def _tls_settings(
+    tls: str, values: configparser.SectionProxy, fail: Any
+) -> tuple[bool, Path | None, str | None]:
+    """``tls_verify``, ``tls_ca_file``, ``tls_server_name``; checked now, not at first connect."""
+    if tls == "none":
+        stray = sorted(_TLS_KEYS & set(values))
+        if stray:
+            raise fail(stray[0], "only meaningful with tls = explicit or implicit")
+        return True, None, None
+    verify = _bool(values.get("tls_verify", "true"), lambda m: fail("tls_verify", m))
+    ca_file = None
+    if "tls_ca_file" in values:
+        if not verify:
+            raise fail("tls_ca_file", "has no effect with tls_verify = false")
+        ca_file = Path(values["tls_ca_file"].strip())
+        if not ca_file.is_absolute():
+            raise fail("tls_ca_file", f"must be an absolute path, got {str(ca_file)!r}")
+        try:
+            ssl.create_default_context(cafile=str(ca_file))
+        except ssl.SSLError as exc:  # before OSError: SSLError is one
+            reason = exc.reason or exc
+            raise fail("tls_ca_file", f"{ca_file} holds no PEM certificate ({reason})") from None
+        except OSError as exc:
+            raise fail("tls_ca_file", f"cannot read {ca_file}: {exc.strerror or exc}") from None
+    server_name = None
+    if "tls_server_name" in values:
+        server_name = values["tls_server_name"].strip()
+        if not server_name or any(c.isspace() or c in "/:" for c in server_name):
+            raise fail("tls_server_name", f"must be a host name, got {server_name!r}")
+    return verify, ca_file, server_name
 
 
 def _int(raw: str, low: int, high: int, fail: Any) -> int:

@@ -4,22 +4,152 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import posixpath
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import PurePosixPath
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aioftp
+import structlog
+from aioftp.common import SSLSessionBoundContext
 
 from app.registry import FtpConnection
 from models.errors import TransferIOError
-from pools.translate import Phase, ftp_errors
+from pools.translate import (
+    Phase,
+    cleartext_on_implicit_port,
+    data_tls_refused,
+    ftp_errors,
+    reply_of,
+    tls_refused,
+)
+
+log = structlog.get_logger("ftp_pooler.session")
 
 QUIT_TIMEOUT_SECONDS = 2.0
 
 T = TypeVar("T")
+
+
+@functools.lru_cache(maxsize=256)
+def tls_context(connection: FtpConnection) -> ssl.SSLContext | None:
+    """The TLS settings of ``connection`` (one context per connection, shared by its sessions)."""
+    if connection.tls == "none":
+        return None
+    cafile = str(connection.tls_ca_file) if connection.tls_ca_file else None
+    context = ssl.create_default_context(cafile=cafile)
+    if not connection.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Client(aioftp.Client):
+    """aioftp's client with FTPS data connections opened the way servers expect them.
+
+    aioftp 0.28.3 wraps a data connection in TLS while opening it, before RETR/STOR is sent;
+    vsftpd and ProFTPD start their side of the handshake only after their 150 reply, so that
+    handshake would wait forever. Here a data connection opens as plain TCP and
+    :meth:`protect_data` upgrades it after the 150, resuming the control connection's TLS
+    session (vsftpd's ``require_ssl_reuse`` and ProFTPD's default refuse a data connection that
+    does not) and checking the certificate against ``server_name`` on both channels.
+    """
+
+    def __init__(self, *, server_name: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.server_name = server_name
+        # Whether the last protected data connection resumed the control connection's session.
+        self.data_session_reused: bool | None = None
+        self._data_writer: asyncio.StreamWriter | None = None
+
+    async def wait_closed(self) -> None:
+        """Wait until the control and the last data connection are closed (after close()).
+
+        A TLS transport closes only after its close_notify exchange; waiting for it releases
+        the sockets now rather than whenever the exchange ends (or the event loop does).
+        """
+        writers = [w for w in (self._data_writer, self._stream and self._stream.writer) if w]
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+    async def _open_connection(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # Control connection: TLS from the first byte when implicit. Data connection: plain here.
+        context = self.ssl if self._stream is None else None
+        extra: dict[str, Any] = {}
+        if context:
+            extra["server_hostname"] = self.server_name or host
+        return await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, **extra), self.connection_timeout
+        )
+
+    @property
+    def control_tls(self) -> ssl.SSLObject | None:
+        """The control connection's TLS state, or None while it is plain."""
+        stream = self._stream
+        if stream is None:
+            return None
+        tls: ssl.SSLObject | None = stream.writer.transport.get_extra_info("ssl_object")
+        return tls
+
+    async def upgrade_to_tls(self, sslcontext: ssl.SSLContext | None = None) -> None:
+        """AUTH TLS on the control connection, verified against ``server_name``."""
+        assert sslcontext is not None
+        await self.command("AUTH TLS", "234")
+        await self.stream.start_tls(sslcontext, self.server_name or self.server_host)
+
+    async def protect_data(self, writer: asyncio.StreamWriter) -> None:
+        """Upgrade an opened data connection to TLS, resuming the control connection's session."""
+        control = self.control_tls
+        if control is None:
+            return
+        context: ssl.SSLContext = control.context
+        if control.session is not None:  # None: no ticket yet, so nothing to resume
+            context = SSLSessionBoundContext(
+                ssl.PROTOCOL_TLS_CLIENT, context=control.context, session=control.session
+            )
+        await writer.start_tls(
+            context,
+            server_hostname=self.server_name or self.server_host,
+            ssl_handshake_timeout=self.socket_timeout,
+        )
+
+    @asynccontextmanager
+    async def data_stream(
+        self, command: str
+    ) -> AsyncIterator[aioftp.DataConnectionThrottleStreamIO]:
+        """Open a passive data connection for ``command`` (RETR/STOR), protected when FTPS.
+
+        Like aioftp's ``download_stream``/``upload_stream``: a clean exit closes the data
+        connection and waits for the server's 2xx; an exception only closes it.
+        """
+        self.data_session_reused = None
+        reader, writer = await self.get_passive_connection("I")
+        self._data_writer = writer
+        try:
+            await self.command(command, "1xx")
+            await self.protect_data(writer)
+            data_tls = writer.transport.get_extra_info("ssl_object")
+            if data_tls is not None:
+                self.data_session_reused = bool(data_tls.session_reused)
+        except BaseException:
+            writer.close()
+            raise
+        stream = aioftp.DataConnectionThrottleStreamIO(
+            self, reader, writer, throttles={"_": self.throttle}, timeout=self.socket_timeout
+        )
+        try:
+            yield stream
+        except BaseException:
+            stream.close()
+            raise
+        await stream.finish()
 
 
 class SessionState(enum.Enum):
@@ -49,16 +179,20 @@ class FTPSession:
         self.block_size = block_size
         self.stall_timeout = stall_timeout
         self.size_supported = True
+        self.replaced_by_delete = 0  # renames that had to delete an existing target first
         self.created_at = clock()
         self.last_used = self.created_at
         self.uses = 0
         self._clock = clock
         self._connect_timeout = connect_timeout
-        self._client = aioftp.Client(
+        self._tls = tls_context(connection)
+        self._client = _Client(
+            server_name=connection.tls_server_name,
             socket_timeout=command_timeout,
             connection_timeout=connect_timeout,
             path_timeout=command_timeout,
             encoding="utf-8",
+            ssl=self._tls if connection.tls == "implicit" else None,
         )
 
     def __repr__(self) -> str:
@@ -94,17 +228,44 @@ class FTPSession:
         return bool(buffered) or reader.at_eof() or stream.writer.is_closing()
 
     # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def tls_version(self) -> str | None:
+        """The control connection's TLS version (e.g. "TLSv1.3"), None when plain."""
+        tls = self._client.control_tls
+        return tls.version() if tls is not None else None
+
     async def connect(self) -> None:
-        """Open the control connection and log in."""
+        """Open the control connection, secure it when FTPS, and log in.
+
+        Explicit FTPS: AUTH TLS before the password is sent, then PBSZ 0 / PROT P after the
+        login (the order curl and lftp use; some servers refuse PROT before USER).
+        """
         conn = self.connection
         try:
             with ftp_errors("connect", self.where):
                 async with asyncio.timeout(self._connect_timeout * 2):
-                    await self._client.connect(conn.host, conn.port)
+                    try:
+                        await self._client.connect(conn.host, conn.port)
+                    except ssl.SSLError as exc:
+                        if conn.tls == "implicit" and exc.reason == "WRONG_VERSION_NUMBER":
+                            raise cleartext_on_implicit_port(exc, self.where) from None
+                        raise
+                    if conn.tls == "explicit":
+                        try:
+                            await self._client.upgrade_to_tls(self._tls)
+                        except aioftp.StatusCodeError as exc:
+                            raise tls_refused(exc, self.where) from None
                     await self._client.login(conn.user, conn.password)
-        except BaseException:
+                    if conn.tls != "none":
+                        await self._client.command("PBSZ 0", "200")
+                        await self._client.command("PROT P", "200")
+        except BaseException as exc:
             self.state = SessionState.ERROR
             self._client.close()
+            if not isinstance(exc, asyncio.CancelledError):
+                with suppress(Exception):
+                    async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
+                        await self._client.wait_closed()
             raise
         self.state = SessionState.IDLE
 
@@ -124,19 +285,23 @@ class FTPSession:
                     await self._client.quit()
         self._client.close()
         self.state = SessionState.DISCONNECTED
+        with suppress(Exception):
+            async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
+                await self._client.wait_closed()
 
     # -- transfer primitives -------------------------------------------------------------------
     async def retrieve(self, path: str, on_block: Callable[[bytes], Awaitable[None]]) -> None:
         """RETR ``path``, passing each block to ``on_block`` as it arrives."""
 
         async def body() -> None:
-            async with self._client.download_stream(path) as stream:
-                while True:
-                    async with self._stall_guard(path):
-                        block = await stream.read(self.block_size)
-                    if not block:
-                        return
-                    await on_block(block)
+            with self._data_tls_hint(path):
+                async with self._client.data_stream(f"RETR {path}") as stream:
+                    while True:
+                        async with self._stall_guard(path):
+                            block = await stream.read(self.block_size)
+                        if not block:
+                            return
+                        await on_block(block)
 
         await self._run("source", body(), path)
 
@@ -144,12 +309,25 @@ class FTPSession:
         """STOR ``path`` from an async iterator of blocks."""
 
         async def body() -> None:
-            async with self._client.upload_stream(path) as stream:
-                async for block in blocks:
-                    async with self._stall_guard(path):
-                        await stream.write(block)
+            with self._data_tls_hint(path):
+                async with self._client.data_stream(f"STOR {path}") as stream:
+                    async for block in blocks:
+                        async with self._stall_guard(path):
+                            await stream.write(block)
 
         await self._run("destination", body(), path)
+
+    @contextmanager
+    def _data_tls_hint(self, path: str) -> Iterator[None]:
+        """A 425/522 after a data connection that did not resume TLS names that as the cause."""
+        try:
+            yield
+        except aioftp.StatusCodeError as exc:
+            if self._client.data_session_reused is False:
+                refused = data_tls_refused(exc, self._where(path))
+                if refused is not None:
+                    raise refused from None
+            raise
 
     @asynccontextmanager
     async def _stall_guard(self, path: str) -> AsyncIterator[None]:
@@ -180,7 +358,41 @@ class FTPSession:
         return await self._run("command", body(), path)
 
     async def rename(self, source: str, target: str) -> None:
-        await self._run("destination", self._client.rename(source, target), target)
+        """RNFR/RNTO. A server that will not rename over an existing file gets DELE, then RNTO.
+
+        Most servers replace the target atomically. Some refuse (ProFTPD with
+        ``AllowOverwrite off``); a redelivered upload must still end with the new file in place,
+        so the old one is deleted and the rename repeated: readers may briefly find no file, but
+        never a partial one.
+        """
+
+        async def body() -> None:
+            await self._client.command(f"RNFR {source}", "350")
+            try:
+                await self._client.command(f"RNTO {target}", "2xx")
+                return
+            except aioftp.StatusCodeError as exc:
+                code, info = reply_of(exc)
+                if not code.startswith("5") or not await self._delete_if_present(target):
+                    raise
+            self.replaced_by_delete += 1
+            log.warning(
+                "rename_replaced_by_delete",
+                connection=self.connection.id,
+                path=target,
+                reply=f"{code} {info}",
+            )
+            await self._client.command(f"RNFR {source}", "350")
+            await self._client.command(f"RNTO {target}", "2xx")
+
+        await self._run("destination", body(), target)
+
+    async def _delete_if_present(self, path: str) -> bool:
+        try:
+            await self._client.command(f"DELE {path}", "2xx")
+        except aioftp.StatusCodeError:
+            return False  # absent, or not ours to delete: the rename's own error stands
+        return True
 
     async def make_directories(self, path: str) -> None:
         """MKD each level of ``path``; a 5xx (usually "exists") is left for STOR to judge.
@@ -215,8 +427,11 @@ class FTPSession:
 
         return await self._run("destination", body(), path)
 
+    def _where(self, path: str = "") -> str:
+        return f"{self.where}{posixpath.join('/', path) if path else ''}"
+
     async def _run(self, phase: Phase, operation: Awaitable[T], path: str = "") -> T:
-        where = f"{self.where}{posixpath.join('/', path) if path else ''}"
+        where = self._where(path)
         try:
             with ftp_errors(phase, where):
                 return await operation

@@ -8,8 +8,12 @@
 #   scripts/local-kafka.sh status  exit 0 when the broker answers a metadata request
 #
 # Environment: KAFKA_PORT (default 19092), KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1),
-# KAFKA_VERSION (default 4.4.0), KAFKA_STATE_DIR (default .local/kafka-$KAFKA_PORT),
-# KAFKA_HEAP (default 512m).
+# KAFKA_VERSION (default 4.4.0; any 3.x or 4.x release, e.g. 3.9.2), KAFKA_STATE_DIR (default
+# .local/kafka-$KAFKA_PORT), KAFKA_HEAP (default 512m).
+#
+# The logging differs by line: 4.x logs through Log4j2 (scripts/kafka/pom.xml binds slf4j 2 to it,
+# configured by log4j2.yaml); 3.x logs through slf4j 1.7 and its POM names no binding, so
+# scripts/kafka/pom-3.x.xml adds reload4j, configured by log4j.properties.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +23,20 @@ cport=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
 state=${KAFKA_STATE_DIR:-$root/.local/kafka-$port}
 libs=$root/.cache/kafka/$version/libs
 heap=${KAFKA_HEAP:-512m}
+case "$version" in
+  3.*)
+    pom=$root/scripts/kafka/pom-3.x.xml
+    log_config=(-Dlog4j.configuration="file:$root/scripts/kafka/log4j.properties")
+    ;;
+  4.*)
+    pom=$root/scripts/kafka/pom.xml
+    log_config=(-Dlog4j2.configurationFile="$root/scripts/kafka/log4j2.yaml")
+    ;;
+  *)
+    echo "local-kafka: KAFKA_VERSION $version is not a 3.x or 4.x release" >&2
+    exit 2
+    ;;
+esac
 pidfile=$state/kafka.pid
 python=${PYTHON:-python3}
 
@@ -31,7 +49,7 @@ fetch() {
   log "resolving org.apache.kafka:kafka_2.13:$version from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
-  mvn -q -B -f "$root/scripts/kafka/pom.xml" -Dkafka.version="$version" \
+  mvn -q -B -f "$pom" -Dkafka.version="$version" \
     dependency:copy-dependencies -DoutputDirectory="$libs"
   touch "$libs/.complete"
 }
@@ -86,15 +104,23 @@ up() {
     return 0
   fi
   mkdir -p "$state/logs"
+  # Storage formatted by one Kafka line is not for another: say so instead of a broker crash.
+  # (State formatted before the version was recorded is taken as is.)
+  if [ -f "$state/data/meta.properties" ] && [ -f "$state/kafka.version" ] &&
+    [ "$(cat "$state/kafka.version")" != "$version" ]; then
+    log "$state holds data of Kafka $(cat "$state/kafka.version"), not $version;" \
+      "use another KAFKA_STATE_DIR or remove that one"
+    exit 1
+  fi
   write_properties
   local java_cmd=(java "-Xms$heap" "-Xmx$heap" -XX:+UseG1GC -Djava.awt.headless=true
-    "-Dlog4j2.configurationFile=$root/scripts/kafka/log4j2.yaml" "-Dkafka.logs.dir=$state/logs"
-    -cp "$libs/*")
+    "${log_config[@]}" "-Dkafka.logs.dir=$state/logs" -cp "$libs/*")
   if [ ! -f "$state/data/meta.properties" ]; then
     local cluster_id
     cluster_id=$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)
     "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$state/server.properties" \
       > "$state/logs/format.log" 2>&1 || { cat "$state/logs/format.log" >&2; exit 1; }
+    echo "$version" > "$state/kafka.version"
   fi
   log "starting Kafka $version on 127.0.0.1:$port (state in $state)"
   nohup "${java_cmd[@]}" kafka.Kafka "$state/server.properties" > "$state/logs/stdout.log" 2>&1 &

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_KAFKA_PORT ?= 19192
 DEMO_KAFKA_PORT ?= 19292
 COMPAT_KAFKA_PORT ?= 19492
-MATRIX_KAFKA_PORT ?= 19592
+MATRIX_KAFKA_PORT ?= 19892
 # The two Kafka lines the end-to-end tests must pass against (make test-kafka-matrix).
 KAFKA_MATRIX_VERSIONS ?= 4.4.0 3.9.2
 KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/test_commit_safety.py \

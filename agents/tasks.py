@@ -17,6 +17,7 @@ import structlog
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
 from agents.retries import RetryEntry, RetryPolicy, RetryQueue
+from agents.task_status import NoStatus, StatusRecorder
 from agents.transfer import TransferRunner, utc_now
 from models.errors import Deferred, FtpPoolerError, InvalidTask, UnknownError
 from models.result import Status, TransferResult, raw_value_text
@@ -50,6 +51,7 @@ class TaskHandler:
         worker_id: str,
         on_final: Observer = _ignore,
         on_retry: Observer = _ignore,
+        status: StatusRecorder | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.runner = runner
@@ -59,6 +61,7 @@ class TaskHandler:
         self.worker_id = worker_id
         self.on_final = on_final
         self.on_retry = on_retry
+        self.status: StatusRecorder = status or NoStatus()
         self._clock = clock
         # Set while the worker gives up its partitions (shutdown, rebalance): parked retries
         # stop waiting and stay unacked, so whoever owns the partition next picks them up.
@@ -96,11 +99,15 @@ class TaskHandler:
         with structlog.contextvars.bound_contextvars(
             task_id=task.task_id, src_id=task.src_id, dst_id=task.dst_id
         ):
+            await self.status.started(task, attempt)
             try:
                 result = await self.runner.run(task, attempt)
             except Deferred as exc:
                 delay = await self.retries.park(
                     task, attempt - 1, exc.error_code.value, exc.message, deferrals + 1
+                )
+                await self.status.parked(
+                    task, attempt - 1, delay, exc.error_code.value, exc.message, deferrals
                 )
                 log.info(
                     "transfer_deferred",
@@ -112,6 +119,9 @@ class TaskHandler:
             if self.policy.should_retry(result, attempt):
                 delay = await self.retries.park(
                     task, attempt, result.error_code or "", result.error_message or ""
+                )
+                await self.status.parked(
+                    task, attempt, delay, result.error_code or "", result.error_message or ""
                 )
                 log.info(
                     "transfer_retry_scheduled",
@@ -126,6 +136,7 @@ class TaskHandler:
 
     async def _finish(self, result: TransferResult) -> None:
         await self.publisher.publish(result)
+        await self.status.finished(result)
         if result.status == Status.SUCCESS:
             log.info(
                 "transfer_completed",

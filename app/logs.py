@@ -8,7 +8,8 @@ from typing import Any, TextIO
 
 import structlog
 
-from app.settings import LoggingSettings
+from app.registry import Registry
+from app.settings import LoggingSettings, Settings
 
 
 def _real_stdout() -> TextIO:
@@ -42,3 +43,12 @@ def configure_logging(settings: LoggingSettings) -> None:
         logger_factory=structlog.PrintLoggerFactory(_real_stdout()),
         cache_logger_on_first_use=True,
     )
+
+
+def config_summary(settings: Settings, registry: Registry) -> dict[str, Any]:
+    """What a worker runs with, for its ``worker_started`` event: every setting but no secret
+    (the API token shows only whether it is set; passwords are not in the settings at all)."""
+    summary: dict[str, Any] = settings.model_dump(mode="json")
+    summary["api"]["token"] = "set" if settings.api.token is not None else None
+    summary["connections"] = {conn_id: registry[conn_id].public() for conn_id in sorted(registry)}
+    return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -10,19 +11,24 @@ from typing import Any
 
 import faust
 import structlog
+from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
 from agents.retries import RetryPolicy, RetryQueue
 from agents.session_reports import FleetSessions
+from agents.task_status import TaskStatuses
 from agents.tasks import TaskHandler, register_agent
 from agents.temp_journal import TempJournal
 from agents.transfer import TransferRunner
-from app.logs import configure_logging
-from app.metrics import MetricsServer, StateCollector, TransferMetrics
+from app.cli import register_commands
+from app.logs import config_summary, configure_logging
+from app.metrics import ConsumerLagCollector, MetricsServer, StateCollector, TransferMetrics
+from app.openapi import openapi_document
 from app.registry import FtpConnection, Registry, load_registry
-from app.settings import Settings, TransferSettings, load_settings
+from app.settings import ApiSettings, Settings, TransferSettings, load_settings
+from app.task_api import TaskSubmitter, register_task_views
 from app.web import register_views
 from models.errors import ConfigError
 from pools.manager import SessionPoolManager
@@ -39,13 +45,19 @@ class FtpPoolerApp(faust.App):
     settings: Settings
     registry: Registry
     pools: SessionPoolManager[FTPSession]
+    session_factories: dict[str, Callable[[], FTPSession]]
     in_flight: InFlight
     retry_in_flight: InFlight
     handler: TaskHandler
+    runner: TransferRunner
     metrics_server: MetricsServer
     fleet: FleetSessions
+    statuses: TaskStatuses
+    journal: TempJournal | None = None
+    internal_topics: list[Any]
     _joined: bool = False
     _stopping: bool = False
+    _started_at: float = 0.0
 
     @property
     def worker_id(self) -> str:
@@ -56,6 +68,10 @@ class FtpPoolerApp(faust.App):
 
     def status(self) -> dict[str, Any]:
         assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in (self._assignment or ()))
+        try:
+            fleet = self.fleet.fleet()
+        except Exception:  # the session table is not open yet (still starting)
+            fleet = {}
         return {
             "worker": self.worker_id,
             "version": VERSION,
@@ -66,16 +82,95 @@ class FtpPoolerApp(faust.App):
             "completed": self.in_flight.completed,
             "retries_waiting": self.retry_in_flight.running,
             "pools": self.pools.snapshot(),
-            "fleet": self.fleet.fleet(),
+            "fleet": fleet,
+            "task_status": self.statuses.snapshot(),
         }
+
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition of the task topics: highwater minus the committed offset.
+
+        Called from the metrics server's thread: it only reads the consumer's bookkeeping.
+        """
+        consumer = self._consumer
+        topics = {self.settings.kafka.input_topic, self.handler.retries.topic.get_topic_name()}
+        if consumer is None or not self._assignment:
+            return {}
+        lag: dict[tuple[str, int], int] = {}
+        for tp in list(self._assignment):
+            if tp.topic not in topics:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet, or revoked meanwhile
+                continue
+            if highwater is None:
+                continue
+            committed = getattr(consumer, "_committed_offset", {}).get(tp) or 0
+            lag[(tp.topic, tp.partition)] = max(0, highwater - committed)
+        return lag
+
+    def openapi(self) -> dict[str, Any]:
+        api = self.settings.api
+        return openapi_document(
+            version=VERSION,
+            max_request_bytes=api.max_request_bytes,
+            token_required=api.token is not None,
+        )
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        await self._declare_internal_topics()
+        # Only a worker touches the temp-file journal: a CLI command building this app in the
+        # same data directory (kubectl exec) must not remove a running worker's temporaries.
+        self._started_at = time.monotonic()
+        self.journal = TempJournal(self.settings.worker.data_dir / "temp-files.journal")
+        removed = self.journal.remove_local_leftovers()
+        if removed:
+            log.warning("temp_files_removed", count=removed, reason="left by a previous run")
+        self.runner.journal = self.journal
 
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()
         self._joined = True  # table recovery is done and the fetcher resumes: consuming
 
+    async def _declare_internal_topics(self) -> None:
+        """Create our internal topics and the tables' changelogs, and wait until the broker's
+        metadata lists them, before the consumer subscribes.
+
+        Faust creates them one by one while the consumer subscribes; one the group leader does
+        not see yet is left out of the assignment ("Ignoring missing topic") until some later
+        rebalance: its agent never runs, or, for a changelog, recovery never ends.
+        """
+        topics = [*self.internal_topics, *(t.changelog_topic for t in self.tables.values())]
+        # Starts the producer (as Faust would a moment later; a failure stops the worker the
+        # same way) and creates what is missing.
+        for topic in topics:
+            await topic.declare()
+        producer: Any = self.producer  # Faust's aiokafka driver
+        client = producer._ensure_producer()
+        try:
+            # This also gives the producer the changelogs' metadata, which table_route needs
+            # to hash a key to its partition on a worker that never wrote to the table.
+            for topic in topics:
+                await client.partitions_for(topic.get_topic_name())
+        except Exception as exc:  # not listed in time: Faust's own start goes on as before
+            log.warning("topic_metadata_missing", error=f"{type(exc).__name__}: {exc}")
+
     async def on_stop(self) -> None:
         self._stopping = True  # /ready turns 503 before anything else stops
+        log.info("worker_stopping", worker=self.worker_id, in_flight=self.in_flight.running)
         await super().on_stop()
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        if self._started_at:
+            log.info(
+                "worker_stopped",
+                worker=self.worker_id,
+                version=VERSION,
+                completed=self.in_flight.completed,
+                uptime_seconds=round(time.monotonic() - self._started_at, 1),
+            )
 
     def on_init_dependencies(self) -> Any:
         # Pools start before the agents that use them and, stopping in reverse, close after them.
@@ -102,6 +197,7 @@ class FtpPoolerApp(faust.App):
 def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     """Build a ready-to-run worker app from validated settings and registry."""
     kafka = settings.kafka
+    web_host = reachable_host(settings.api)
     app = FtpPoolerApp(
         kafka.consumer_group,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
@@ -111,7 +207,9 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         web_enabled=True,
         web_port=settings.api.port,
         web_bind=settings.api.host,
-        web_host=settings.api.host,
+        web_host=web_host,
+        # Where the other workers forward a request for a table key this worker owns.
+        canonical_url=f"http://{web_host}:{settings.api.port}",
         broker_commit_interval=kafka.commit_interval_seconds,
         broker_session_timeout=kafka.session_timeout_seconds,
         broker_heartbeat_interval=kafka.heartbeat_interval_seconds,
@@ -139,24 +237,27 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         observe_wait=metrics.observe_wait,
     )
     transfer = settings.transfer
+    app.session_factories = {}
     for connection in registry.ftp_connections():
         cap = connection.max_sessions or pool.max_sessions_per_connection
-        pools.add_pool(connection.id, cap, session_factory(connection, transfer))
+        factory = session_factory(connection, transfer)
+        app.session_factories[connection.id] = factory
+        pools.add_pool(connection.id, cap, factory)
     app.pools = pools
     app.in_flight = InFlight(settings.worker.max_in_flight)
     app.retry_in_flight = InFlight(settings.retry.max_pending)
 
     metrics_registry.register(StateCollector(pools, app.in_flight.count_running))
+    metrics_registry.register(ConsumerLagCollector(app.consumer_lag))
+    # Faust's own sensors (messages, events, commits, rebalances, web requests) into the same
+    # registry: served on metrics.port with ours, and at /metrics on the API port.
+    setup_prometheus_sensors(app, registry=metrics_registry, name_prefix="ftp_pooler_faust")
     app.metrics_server = MetricsServer(metrics_registry, settings.api.host, settings.metrics.port)
 
-    journal = TempJournal(settings.worker.data_dir / "temp-files.journal")
-    removed = journal.remove_local_leftovers()
-    if removed:
-        log.warning("temp_files_removed", count=removed, reason="left by a previous run")
     runner = TransferRunner(
         registry,
         pools,
-        journal=journal,
+        journal=None,  # opened when the worker starts (FtpPoolerApp.on_first_start)
         worker_id=settings.worker.id,
         block_size=transfer.block_size,
         max_duration=transfer.max_duration_seconds,
@@ -172,6 +273,12 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
     retry_topic = raw_topic(
         app, f"{kafka.consumer_group}-retries", internal=True, partitions=kafka.topic_partitions
     )
+    app.runner = runner
+    app.statuses = TaskStatuses(
+        app,
+        retention_seconds=settings.api.task_retention_hours * 3600,
+        worker_id=settings.worker.id,
+    )
     app.handler = TaskHandler(
         runner,
         publisher,
@@ -180,6 +287,7 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         worker_id=settings.worker.id,
         on_final=metrics.observe,
         on_retry=metrics.observe_retry,
+        status=app.statuses,
     )
     register_agent(
         app,
@@ -195,10 +303,22 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         interval=settings.pool.report_interval_seconds,
         snapshot=pools.snapshot,
     )
+    app.internal_topics = [retry_topic, app.statuses.topic, app.fleet.topic]
     register_views(app)
+    input_topic = raw_topic(app, kafka.input_topic)
+
+    async def send_task(key: bytes, value: bytes) -> Any:
+        return await input_topic.send(key=key, value=value)
+
+    submitter = TaskSubmitter(app.statuses, send_task, settings.api.produce_timeout_seconds)
+    register_task_views(app, app.statuses, submitter)
+    register_commands(app)
 
     @app.task
     async def _remove_remote_leftovers() -> None:
+        journal = app.journal
+        if journal is None:
+            return
         for entry in journal.remote_leftovers():
             if entry.conn_id in pools.pools and await runner.remove_remote(entry):
                 log.warning(
@@ -214,14 +334,7 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
             "worker_started",
             worker=settings.worker.id,
             version=VERSION,
-            brokers=kafka.bootstrap_servers,
-            group=kafka.consumer_group,
-            input_topic=kafka.input_topic,
-            connections=sorted(registry),
-            api_port=settings.api.port,
-            metrics_port=settings.metrics.port,
-            max_in_flight=settings.worker.max_in_flight,
-            max_sessions_per_pod=settings.pool.max_sessions_per_pod,
+            config=config_summary(settings, registry),
         )
 
     return app
@@ -238,6 +351,16 @@ def raw_topic(app: faust.App, name: str, **options: Any) -> Any:
         value_serializer="raw",
         **options,
     )
+
+
+def reachable_host(api: ApiSettings) -> str:
+    """The host other workers use for this one's API: ``api.advertised_host``, else ``api.host``
+    unless that listens on every address, then this machine's fully qualified name."""
+    if api.advertised_host:
+        return api.advertised_host
+    if api.host in ("0.0.0.0", "::", ""):
+        return socket.getfqdn()
+    return api.host
 
 
 def session_factory(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import mode
@@ -114,6 +114,24 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "ftp_pooler_tasks_in_flight", "Tasks being transferred now.", value=self._in_flight()
         )
+
+
+class ConsumerLagCollector(Collector):
+    """Per assigned partition of the task topics: messages not yet committed (highwater minus
+    the committed offset), read at scrape time."""
+
+    def __init__(self, lag: Callable[[], Mapping[tuple[str, int], int]]) -> None:
+        self._lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "ftp_pooler_consumer_lag",
+            "Messages behind the committed offset, per assigned partition.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), value in sorted(self._lag().items()):
+            lag.add_metric([topic, str(partition)], value)
+        yield lag
 
 
 class MetricsServer(mode.Service):

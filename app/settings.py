@@ -81,6 +81,21 @@ class RetrySettings(_Section):
 class ApiSettings(_Section):
     host: str = "0.0.0.0"
     port: int = pydantic.Field(8080, ge=1, le=65535)
+    # How the other workers reach this one's API (requests for a task another worker owns are
+    # forwarded there). Empty: ``host``, or this machine's fully qualified name when ``host``
+    # listens on every address (in a StatefulSet, the pod's name under its headless Service).
+    advertised_host: str = ""
+    # When set, POST requests need ``Authorization: Bearer <token>``; GETs stay open for probes.
+    token: pydantic.SecretStr | None = None
+    task_retention_hours: float = pydantic.Field(24, gt=0)
+    max_request_bytes: int = pydantic.Field(1024 * 1024, ge=1024)
+    # POST /tasks answers 503 when Kafka has not taken the tasks within this time.
+    produce_timeout_seconds: float = pydantic.Field(10, gt=0)
+
+    @pydantic.field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class MetricsSettings(_Section):

@@ -1,4 +1,7 @@
-"""HTTP views on Faust's own web server: /health, /ready, /status, /connections."""
+"""HTTP views on Faust's own web server: /health, /ready, /status, /connections, /openapi.json.
+
+The task views (``/tasks``) are in :mod:`app.task_api`.
+"""
 
 from __future__ import annotations
 
@@ -43,3 +46,10 @@ def register_views(app: FtpPoolerApp) -> None:
         async def get(self, request: Request) -> Response:
             body: list[dict[str, Any]] = [c.public() for c in app.registry.values()]
             return self.json({"connections": body})
+
+    @app.page("/openapi.json")
+    class OpenApi(View):
+        """The OpenAPI 3 description of this API."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(app.openapi())

@@ -221,6 +221,16 @@ def test_network_policy_lets_the_worker_reach_dns_kafka_and_its_ftp_servers(
             assert _allows(egress, ctr, "TCP", connection.port)
     # Passive-mode data connections go to a port the server picks.
     assert _allows(egress, ctr, "TCP", 1024) and _allows(egress, ctr, "TCP", 65535)
+    # GET /tasks/{id} is forwarded to the worker owning the id: workers reach each other's API.
+    labels = worker.statefulset["spec"]["template"]["metadata"]["labels"]
+    api = worker.settings.api.port
+    assert any(
+        peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+        and "podSelector" in peer
+        and ("TCP", api, api) in _ports(rule, ctr)
+        for rule in egress
+        for peer in rule.get("to", [])
+    ), "no egress rule from a worker to other workers' API port"
     for rule in egress:
         for peer in rule.get("to", []):
             if "ipBlock" in peer:

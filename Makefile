@@ -104,3 +104,25 @@ test: setup kafka-fetch lint checkov-setup compat-setup
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks, not part of `make test`: a broker of their own, vsftpd and pyftpdlib on loopback,
+# FTP Pooler end to end against lftp, rclone and curl (README, Performance). Installs the Debian
+# packages and the local account for vsftpd it needs (root or sudo; idempotent). `bench` takes
+# about an hour and writes benchmarks/results/<date>-<host>.{json,md}; `bench-smoke` takes a
+# couple of minutes and writes .local/bench/results/. More options: BENCH_ARGS="--help".
+BENCH_KAFKA_PORT ?= 19592
+BENCH_KAFKA := KAFKA_PORT=$(BENCH_KAFKA_PORT) \
+	KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-bench-$(BENCH_KAFKA_PORT) PYTHON=$(CURDIR)/$(BIN)/python
+BENCH_ARGS ?=
+
+.PHONY: bench bench-smoke bench-deps
+
+bench-deps:
+	benchmarks/install-deps.sh
+
+bench bench-smoke: setup kafka-fetch bench-deps
+	$(BENCH_KAFKA) scripts/local-kafka.sh up
+	$(BIN)/python -m benchmarks.run --kafka 127.0.0.1:$(BENCH_KAFKA_PORT) \
+	  $(if $(filter bench-smoke,$@),--smoke) $(BENCH_ARGS); status=$$?; \
+	$(BENCH_KAFKA) scripts/local-kafka.sh down; \
+	exit $$status

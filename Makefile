@@ -108,8 +108,8 @@ clean:
 # Benchmarks, not part of `make test`: a broker of their own, vsftpd and pyftpdlib on loopback,
 # FTP Pooler end to end against lftp, rclone and curl (README, Performance). Installs the Debian
 # packages and the local account for vsftpd it needs (root or sudo; idempotent). `bench` takes
-# about an hour and writes benchmarks/results/<date>-<host>.{json,md}; `bench-smoke` takes a
-# couple of minutes and writes .local/bench/results/. More options: BENCH_ARGS="--help".
+# about 30 minutes and writes benchmarks/results/<date>-<host>.{json,md}; `bench-smoke` takes
+# about a minute and writes .local/bench/results/. More options: BENCH_ARGS="--help".
 BENCH_KAFKA_PORT ?= 19592
 BENCH_KAFKA := KAFKA_PORT=$(BENCH_KAFKA_PORT) \
 	KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-bench-$(BENCH_KAFKA_PORT) PYTHON=$(CURDIR)/$(BIN)/python

@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     print(f"bench: workdir {bench.workdir}, Kafka {bench.kafka}, load {loadavg()}", flush=True)
     shutil.rmtree(bench.out_dir, ignore_errors=True)
+    shutil.rmtree(bench.runs_dir, ignore_errors=True)  # logs of each run: the latest bench only
     if bench.trash.exists():  # left by an interrupted run: delete, then let ext4 forget them
         print("bench: emptying the trash of an earlier run, then 60 s for ext4", flush=True)
         bench.empty_trash()

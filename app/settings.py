@@ -56,6 +56,9 @@ class PoolSettings(_Section):
     health_check_idle_seconds: float = pydantic.Field(30, ge=0)
     pushback_cooldown_seconds: float = pydantic.Field(60, gt=0)
     max_waiting_per_connection: int = pydantic.Field(100, ge=1)
+    # False: every task logs in on a new session and QUITs it afterwards (no pooling at all),
+    # for servers that mishandle long-lived sessions, and as the benchmarks' baseline.
+    reuse_sessions: bool = True
     circuit_failure_threshold: int = pydantic.Field(5, ge=1)
     circuit_open_seconds: float = pydantic.Field(5, gt=0)
     circuit_open_max_seconds: float = pydantic.Field(300, gt=0)

@@ -42,6 +42,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         breaker_open_initial: float = 5.0,
         breaker_open_max: float = 300.0,
         max_waiting: int = 100,
+        reuse_sessions: bool = True,
         observe_wait: WaitObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
@@ -54,6 +55,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         self.pushback_cooldown = pushback_cooldown
         self.breaker_settings = (breaker_threshold, breaker_open_initial, breaker_open_max)
         self.max_waiting = max_waiting
+        self.reuse_sessions = reuse_sessions
         self.deferred_total: Counter[str] = Counter()
         self.pools: dict[str, SessionPool[S]] = {}
         self.closed_total: Counter[tuple[str, str]] = Counter()
@@ -140,7 +142,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
     async def release(self, pool: SessionPool[S], session: S, *, reuse: bool) -> None:
         """Return a session after use: back to idle if healthy, else closed. Never raises."""
         to_close: list[S] = []
-        if reuse and session.is_connected and not self._closing:
+        if reuse and self.reuse_sessions and session.is_connected and not self._closing:
             session.state = SessionState.IDLE
             session.last_used = self._clock()
         else:

@@ -35,6 +35,26 @@ async def test_sessions_are_reused_not_reopened():
     )
 
 
+async def test_sessions_are_not_reused_when_reuse_is_off():
+    """With reuse_sessions off, every task logs in on a new session that is closed after it."""
+    server = FakeServer()
+    manager = SessionPoolManager(
+        max_sessions_per_pod=100,
+        acquire_timeout=5.0,
+        session_timeout=300.0,
+        health_check_idle=0.0,
+        reuse_sessions=False,
+    )
+    pool = manager.add_pool("a", 10, server.factory)
+    for _ in range(3):
+        async with manager.session("a"):
+            pass
+    assert len(server.sessions) == 3
+    assert all(s.state is SessionState.DISCONNECTED for s in server.sessions)
+    assert pool.open == 0
+    assert manager.closed_total[("a", "released")] == 3
+
+
 async def test_connection_cap_holds_and_waiters_are_served_in_order():
     """With a cap of 2, at most 2 sessions exist and the third waiter goes after the first two."""
     server = FakeServer(connect_delay=0.01)

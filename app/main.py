@@ -235,6 +235,7 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         breaker_open_max=pool.circuit_open_max_seconds,
         max_waiting=pool.max_waiting_per_connection,
         reuse_sessions=pool.reuse_sessions,
+        max_expected_wait=pool.max_expected_wait_seconds,
         observe_wait=metrics.observe_wait,
     )
     transfer = settings.transfer

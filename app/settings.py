@@ -59,6 +59,9 @@ class PoolSettings(_Section):
     # False: every task logs in on a new session and QUITs it afterwards (no pooling at all),
     # for servers that mishandle long-lived sessions, and as the benchmarks' baseline.
     reuse_sessions: bool = True
+    # A full line is still joined while, at the rate its sessions come back, a new task would
+    # get one within this many seconds (a busy but healthy server); otherwise the task is parked.
+    max_expected_wait_seconds: float = pydantic.Field(10, ge=0)
     circuit_failure_threshold: int = pydantic.Field(5, ge=1)
     circuit_open_seconds: float = pydantic.Field(5, gt=0)
     circuit_open_max_seconds: float = pydantic.Field(300, gt=0)

@@ -43,6 +43,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         breaker_open_max: float = 300.0,
         max_waiting: int = 100,
         reuse_sessions: bool = True,
+        max_expected_wait: float = 10.0,
         observe_wait: WaitObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
@@ -56,6 +57,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         self.breaker_settings = (breaker_threshold, breaker_open_initial, breaker_open_max)
         self.max_waiting = max_waiting
         self.reuse_sessions = reuse_sessions
+        self.max_expected_wait = max_expected_wait
         self.deferred_total: Counter[str] = Counter()
         self.pools: dict[str, SessionPool[S]] = {}
         self.closed_total: Counter[tuple[str, str]] = Counter()
@@ -112,9 +114,12 @@ class SessionPoolManager(mode.Service, Generic[S]):
         started = self._clock()
         if pool.idle == 0:
             pool.breaker.fail_fast()  # a connection marked down defers its tasks at once
-            if len(pool.waiters) >= self.max_waiting:
+            full = len(pool.waiters) >= self.max_waiting
+            if full and pool.expected_wait(self._clock()) > self.max_expected_wait:
                 # A slow or black-holed server must not collect every task the worker holds:
-                # beyond this many waiters its tasks are parked, and others keep flowing.
+                # beyond this many waiters its tasks are parked, and others keep flowing. A
+                # line that moves fast enough (a busy, healthy server) is joined all the same:
+                # parking would only send its tasks round the retry topic, slower.
                 self.deferred_total[pool.conn_id] += 1
                 raise Deferred(
                     f"{len(pool.waiters)} tasks already wait for a session of {pool.conn_id!r}"
@@ -142,6 +147,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
     async def release(self, pool: SessionPool[S], session: S, *, reuse: bool) -> None:
         """Return a session after use: back to idle if healthy, else closed. Never raises."""
         to_close: list[S] = []
+        pool.session_returned(self._clock())
         if reuse and self.reuse_sessions and session.is_connected and not self._closing:
             session.state = SessionState.IDLE
             session.last_used = self._clock()
@@ -157,8 +163,11 @@ class SessionPoolManager(mode.Service, Generic[S]):
         if self._closing:
             raise ConnectionFailed("worker is shutting down")
         waiter: Waiter[S] = Waiter(pool, seq)
-        position = sum(1 for w in pool.waiters if w.seq < seq)
-        pool.waiters.insert(position, waiter)
+        if not pool.waiters or pool.waiters[-1].seq < seq:
+            pool.waiters.append(waiter)  # the usual case, O(1) however long the line
+        else:
+            position = sum(1 for w in pool.waiters if w.seq < seq)
+            pool.waiters.insert(position, waiter)
         await self._close(self._assign())
         try:
             await waiter.event.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pools.circuit import CircuitBreaker
 from pools.session import SessionState
+
+# How many recent session returns the hand-back rate of a connection is estimated from.
+RATE_WINDOW = 32
 
 
 class Session(Protocol):
@@ -78,6 +82,7 @@ class SessionPool(Generic[S]):
         self.pushback_cooldown = pushback_cooldown
         self.pushback_until = 0.0
         self.pushbacks_total = 0
+        self._returned: deque[float] = deque(maxlen=RATE_WINDOW)  # when sessions came back
         self.breaker = breaker or CircuitBreaker(conn_id)
 
     def __repr__(self) -> str:
@@ -150,6 +155,20 @@ class SessionPool(Generic[S]):
     def least_recent_idle(self) -> S | None:
         idle = [s for s in self.sessions if s.state is SessionState.IDLE]
         return min(idle, key=lambda s: s.last_used) if idle else None
+
+    def session_returned(self, now: float) -> None:
+        """A task gave its session back (reused or closed): the line moved."""
+        self._returned.append(now)
+
+    def expected_wait(self, now: float) -> float:
+        """Seconds a task joining the line now would wait for a session, at the rate sessions
+        came back lately; infinite while none has (a new connection, or one that is stuck)."""
+        if not self._returned:
+            return math.inf
+        span = now - self._returned[0]
+        if span <= 0:
+            return 0.0
+        return (len(self.waiters) + 1) * span / len(self._returned)
 
     def new_session(self) -> S:
         """Add a not-yet-connected session (counts against the cap while it connects)."""

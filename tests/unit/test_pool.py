@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from models.errors import ConnectionFailed, PoolTimeout
+from models.errors import ConnectionFailed, Deferred, PoolTimeout
 from pools.manager import SessionPoolManager
 from pools.session import SessionState
 from tests.unit.fake_sessions import FakeServer
@@ -53,6 +53,55 @@ async def test_sessions_are_not_reused_when_reuse_is_off():
     assert all(s.state is SessionState.DISCONNECTED for s in server.sessions)
     assert pool.open == 0
     assert manager.closed_total[("a", "released")] == 3
+
+
+async def test_full_line_of_a_stalled_connection_parks_new_tasks():
+    """Beyond max_waiting, a connection whose sessions never come back parks new tasks."""
+    server = FakeServer(connect_delay=10)
+    manager = SessionPoolManager(
+        max_sessions_per_pod=100,
+        acquire_timeout=5.0,
+        session_timeout=300.0,
+        health_check_idle=0.0,
+        max_waiting=3,
+    )
+    manager.add_pool("a", 1, server.factory)
+
+    async def use():
+        async with manager.session("a"):
+            pass
+
+    waiting = [asyncio.create_task(use()) for _ in range(4)]  # 1 connecting + 3 in line
+    await asyncio.sleep(0.01)
+    with pytest.raises(Deferred):
+        await manager.acquire(manager.pools["a"])
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert manager.deferred_total["a"] == 1
+
+
+async def test_full_line_of_a_fast_connection_is_joined_not_parked():
+    """Beyond max_waiting, tasks still join a line that moves fast (a busy, healthy server)."""
+    server = FakeServer()
+    manager = SessionPoolManager(
+        max_sessions_per_pod=100,
+        acquire_timeout=5.0,
+        session_timeout=300.0,
+        health_check_idle=0.0,
+        max_waiting=3,
+        max_expected_wait=5.0,
+    )
+    manager.add_pool("a", 2, server.factory)
+
+    async def use():
+        async with manager.session("a"):
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(use() for _ in range(4)))  # some history: the line moves
+    await asyncio.gather(*(use() for _ in range(40)))  # 38 in line at once, none parked
+    assert manager.deferred_total["a"] == 0
+    assert server.max_live == 2
 
 
 async def test_connection_cap_holds_and_waiters_are_served_in_order():

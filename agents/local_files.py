@@ -39,58 +39,79 @@ def temp_name(final_name: str) -> str:
 class AtomicFile:
     """Write to a temporary file beside ``path``; :meth:`commit` renames it into place.
 
-    Blocking file calls run in a thread so that a slow disk never stalls the event loop.
+    Blocks are gathered up to ``buffer_size`` bytes and written out together in a thread, so a
+    slow disk never stalls the event loop and each thread hop moves up to a buffer's worth: a
+    file smaller than the buffer is created, written, closed and renamed in a single hop.
     """
 
-    def __init__(self, path: Path, display_path: str, journal: TempJournal | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        display_path: str,
+        journal: TempJournal | None = None,
+        buffer_size: int = 1024 * 1024,
+    ) -> None:
         self.path = path
         self.display_path = display_path
         self.temp_path = path.with_name(temp_name(path.name))
         self._journal = journal
         self._entry = TempFile(str(self.temp_path))
+        self._buffer_size = buffer_size
         self.size = 0
         self._hash = hashlib.sha256()
         self._handle: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._flushing: asyncio.Future[None] | None = None
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
     async def open(self) -> None:
+        """Journal the temporary; it is created on disk by the first write out (or commit)."""
         if self._journal is not None:
             self._journal.started(self._entry)
-        with local_errors("destination", self.display_path):
-            self._handle = await asyncio.to_thread(self._open)
-
-    def _open(self) -> BinaryIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self.temp_path.open("xb")
 
     async def write(self, block: bytes) -> None:
-        assert self._handle is not None
-        with local_errors("destination", self.display_path):
-            await asyncio.to_thread(self._write, self._handle, block)
-
-    def _write(self, handle: BinaryIO, block: bytes) -> None:
-        handle.write(block)
-        self._hash.update(block)  # hashlib drops the GIL on large buffers
+        self._pending.append(block)
+        self._pending_size += len(block)
         self.size += len(block)
+        if self._pending_size >= self._buffer_size:
+            await self._write_out(commit=False)
 
     async def commit(self) -> None:
-        """Close and rename into place (replacing an older copy, as a repeated task must)."""
-        assert self._handle is not None
-        handle, self._handle = self._handle, None
-        with local_errors("destination", self.display_path):
-            await asyncio.to_thread(self._commit, handle)
+        """Write what is left, close and rename into place (replacing an older copy, as a
+        repeated task must)."""
+        await self._write_out(commit=True)
         if self._journal is not None:
             self._journal.finished(self._entry)
 
-    def _commit(self, handle: BinaryIO) -> None:
-        handle.close()
-        os.replace(self.temp_path, self.path)
+    async def _write_out(self, *, commit: bool) -> None:
+        blocks, self._pending, self._pending_size = self._pending, [], 0
+        # Shielded so that a cancelled task's discard() can wait for the thread to be done with
+        # the file before removing it.
+        self._flushing = asyncio.ensure_future(asyncio.to_thread(self._write, blocks, commit))
+        with local_errors("destination", self.display_path):
+            await asyncio.shield(self._flushing)
+
+    def _write(self, blocks: list[bytes], commit: bool) -> None:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.temp_path.open("xb")
+        for block in blocks:
+            self._handle.write(block)
+            self._hash.update(block)  # hashlib drops the GIL on large buffers
+        if commit:
+            handle, self._handle = self._handle, None
+            handle.close()
+            os.replace(self.temp_path, self.path)
 
     async def discard(self) -> None:
         """Remove the temporary file; never raises."""
+        self._pending = []
+        if self._flushing is not None and not self._flushing.done():
+            await asyncio.wait([self._flushing])
         handle, self._handle = self._handle, None
         await asyncio.to_thread(self._discard, handle)
         if self._journal is not None and not self.temp_path.exists():
@@ -129,18 +150,24 @@ class HashingReader:
         return self.path.open("rb")
 
     async def blocks(self, handle: BinaryIO) -> AsyncIterator[bytes]:
+        """The file's blocks; a short block is the last, read and closed in the same hop (a
+        small file takes one hop to open and one to read)."""
         try:
             while True:
                 with local_errors("source", self.display_path):
                     block = await asyncio.to_thread(self._read, handle)
-                if not block:
+                if block:
+                    yield block
+                if handle.closed:
                     return
-                yield block
         finally:
-            await asyncio.to_thread(handle.close)
+            if not handle.closed:
+                await asyncio.to_thread(handle.close)
 
     def _read(self, handle: BinaryIO) -> bytes:
         block = handle.read(self.block_size)
         self._hash.update(block)
         self.size += len(block)
+        if len(block) < self.block_size:  # a regular file reads short only at its end
+            handle.close()
         return block

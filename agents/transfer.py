@@ -113,7 +113,9 @@ class TransferRunner:
     async def _download(
         self, task: TransferTask, remote: FtpConnection, local: LocalConnection
     ) -> Moved:
-        target = AtomicFile(jail(local.base_path, task.dst_path), task.dst_path, self.journal)
+        target = AtomicFile(
+            jail(local.base_path, task.dst_path), task.dst_path, self.journal, self.block_size
+        )
         async with self.pools.session(remote.id) as session:
             await target.open()
             try:

@@ -1,10 +1,11 @@
 """Local paths stay inside base_path; files appear only complete, under their final name."""
 
+import hashlib
 import os
 
 import pytest
 
-from agents.local_files import AtomicFile, jail
+from agents.local_files import AtomicFile, HashingReader, jail
 from models.errors import InvalidTask
 
 
@@ -53,3 +54,45 @@ async def test_discarded_file_leaves_nothing_behind(tmp_path):
     await target.discard()
     assert os.listdir(tmp_path) == ["f.bin"]
     assert (tmp_path / "f.bin").read_bytes() == b"old"
+
+
+async def test_blocks_are_gathered_then_written_out_and_hashed(tmp_path):
+    """Blocks reach the temporary file a buffer at a time; the hash covers every byte in order."""
+    target = AtomicFile(tmp_path / "f.bin", "/f.bin", buffer_size=10)
+    await target.open()
+    blocks = [bytes([n]) * 4 for n in range(7)]
+    for block in blocks[:2]:
+        await target.write(block)
+    assert not target.temp_path.exists()  # 8 bytes: still in the buffer
+    await target.write(blocks[2])
+    assert target.temp_path.exists()  # the buffer was written out
+    for block in blocks[3:]:
+        await target.write(block)
+    await target.commit()
+    data = b"".join(blocks)
+    assert (tmp_path / "f.bin").read_bytes() == data
+    assert target.sha256 == hashlib.sha256(data).hexdigest()
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+async def test_discard_after_a_write_out_removes_the_temporary(tmp_path):
+    """A transfer failing after part of the file reached disk leaves no temporary behind."""
+    target = AtomicFile(tmp_path / "f.bin", "/f.bin", buffer_size=4)
+    await target.open()
+    await target.write(b"12345")
+    assert target.temp_path.exists()
+    await target.discard()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("size", [0, 10, 8])
+async def test_reader_yields_the_whole_file_and_closes_it(tmp_path, size):
+    """Every byte is read, hashed and counted, and the file is closed at its end."""
+    data = bytes(range(size))
+    (tmp_path / "f.bin").write_bytes(data)
+    reader = HashingReader(tmp_path / "f.bin", "/f.bin", block_size=4)
+    handle = await reader.open()
+    got = [block async for block in reader.blocks(handle)]
+    assert b"".join(got) == data
+    assert all(got) and handle.closed
+    assert reader.size == size and reader.sha256 == hashlib.sha256(data).hexdigest()

@@ -22,7 +22,16 @@ def _real_stdout() -> TextIO:
 _STDOUT: list[TextIO] = []  # opened once per process, kept open for its lifetime
 
 
+# Libraries whose debug lines come per FTP command, Kafka request or message.
+CHATTY_LIBRARIES = ("aioftp", "aiokafka", "faust", "mode")
+
+
 def configure_logging(settings: LoggingSettings) -> None:
+    # Faust's progress spinner (on at `-l warn` and above, Faust's default) sets the root logger
+    # to DEBUG, so every debug line of these libraries would build a record for the handler to
+    # drop (~4 % of the event loop's time in the benchmarks). They follow our level instead.
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(settings.level)
     renderer: Any
     if settings.format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)

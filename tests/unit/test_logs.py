@@ -50,3 +50,20 @@ def test_the_level_filters_events():
     configure_logging(LoggingSettings(level="warning"))
     logger = structlog.get_config()["wrapper_class"]
     assert logger.__name__.lower().startswith("boundloggerfilteringatwarning")
+
+
+def test_library_debug_lines_stay_off_when_root_is_debug():
+    """Even with the root logger at DEBUG (Faust's spinner), aioftp's debug lines are not built."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        configure_logging(LoggingSettings(level="INFO"))
+        assert not logging.getLogger("aioftp.client").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+        configure_logging(LoggingSettings(level="DEBUG"))
+        assert logging.getLogger("aioftp.client").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(before)
+        for name in ("aioftp", "aiokafka", "faust", "mode"):
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -122,19 +122,22 @@ class _Client(aioftp.Client):
 
     @asynccontextmanager
     async def data_stream(
-        self, command: str
+        self, command: str, reply_within: float | None = None
     ) -> AsyncIterator[aioftp.DataConnectionThrottleStreamIO]:
         """Open a passive data connection for ``command`` (RETR/STOR), protected when FTPS.
 
         Like aioftp's ``download_stream``/``upload_stream``: a clean exit closes the data
-        connection and waits for the server's 2xx; an exception only closes it.
+        connection and waits for the server's 2xx; an exception only closes it. Opening it
+        (EPSV, connect, the 1xx, TLS) and the final reply must each come within ``reply_within``.
         """
         self.data_session_reused = None
-        reader, writer = await self.get_passive_connection("I")
+        async with asyncio.timeout(reply_within):
+            reader, writer = await self.get_passive_connection("I")
         self._data_writer = writer
         try:
-            await self.command(command, "1xx")
-            await self.protect_data(writer)
+            async with asyncio.timeout(reply_within):
+                await self.command(command, "1xx")
+                await self.protect_data(writer)
             data_tls = writer.transport.get_extra_info("ssl_object")
             if data_tls is not None:
                 self.data_session_reused = bool(data_tls.session_reused)
@@ -149,7 +152,8 @@ class _Client(aioftp.Client):
         except BaseException:
             stream.close()
             raise
-        await stream.finish()
+        async with asyncio.timeout(reply_within):
+            await stream.finish()
 
 
 class SessionState(enum.Enum):
@@ -185,12 +189,17 @@ class FTPSession:
         self.uses = 0
         self._clock = clock
         self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
         self._tls = tls_context(connection)
+        # No timeouts inside aioftp: on Python 3.11 each of its timed calls (every line read or
+        # written, every connect) runs in a task of its own through asyncio.wait_for, a quarter
+        # of its CPU per small file. Each operation is bounded once instead (see _run and
+        # _Client.data_stream); a data connection by the stall timeout per block.
         self._client = _Client(
             server_name=connection.tls_server_name,
-            socket_timeout=command_timeout,
-            connection_timeout=connect_timeout,
-            path_timeout=command_timeout,
+            socket_timeout=None,
+            connection_timeout=None,
+            path_timeout=None,
             encoding="utf-8",
             ssl=self._tls if connection.tls == "implicit" else None,
         )
@@ -295,7 +304,8 @@ class FTPSession:
 
         async def body() -> None:
             with self._data_tls_hint(path):
-                async with self._client.data_stream(f"RETR {path}") as stream:
+                retr = self._client.data_stream(f"RETR {path}", self._command_timeout)
+                async with retr as stream:
                     while True:
                         async with self._stall_guard(path):
                             block = await stream.read(self.block_size)
@@ -303,19 +313,20 @@ class FTPSession:
                             return
                         await on_block(block)
 
-        await self._run("source", body(), path)
+        await self._run("source", body(), path, bounded=False)
 
     async def store(self, path: str, blocks: AsyncIterator[bytes]) -> None:
         """STOR ``path`` from an async iterator of blocks."""
 
         async def body() -> None:
             with self._data_tls_hint(path):
-                async with self._client.data_stream(f"STOR {path}") as stream:
+                stor = self._client.data_stream(f"STOR {path}", self._command_timeout)
+                async with stor as stream:
                     async for block in blocks:
                         async with self._stall_guard(path):
                             await stream.write(block)
 
-        await self._run("destination", body(), path)
+        await self._run("destination", body(), path, bounded=False)
 
     @contextmanager
     def _data_tls_hint(self, path: str) -> Iterator[None]:
@@ -430,11 +441,18 @@ class FTPSession:
     def _where(self, path: str = "") -> str:
         return f"{self.where}{posixpath.join('/', path) if path else ''}"
 
-    async def _run(self, phase: Phase, operation: Awaitable[T], path: str = "") -> T:
+    async def _run(
+        self, phase: Phase, operation: Awaitable[T], path: str = "", *, bounded: bool = True
+    ) -> T:
+        """Run one FTP operation; unless ``bounded`` is False (transfers bound their own
+        phases), it must finish within ``command_timeout``."""
         where = self._where(path)
         try:
             with ftp_errors(phase, where):
-                return await operation
+                if not bounded:
+                    return await operation
+                async with asyncio.timeout(self._command_timeout):
+                    return await operation
         except BaseException:
             # aioftp leaves the control channel desynchronised after a failed stream body
             # (a stale 426 waits for the next command), so a failed session is never reused.

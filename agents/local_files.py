@@ -6,15 +6,28 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from agents.temp_journal import TempFile, TempJournal
 from models.errors import InvalidTask
 from pools.translate import local_errors
 
 TEMP_SUFFIX = ".ftp-pooler.part"
+LOCAL_IO_THREADS = 2
+
+T = TypeVar("T")
+
+# Local file work gets a few threads of its own rather than asyncio's default pool (cpu + 4):
+# creating and renaming files in one directory serialise on its lock in the kernel, where more
+# threads only spin, and each extra thread is one more to wake and to hand the GIL to.
+_local_io = ThreadPoolExecutor(max_workers=LOCAL_IO_THREADS, thread_name_prefix="local-io")
+
+
+def _in_thread(function: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    return asyncio.get_running_loop().run_in_executor(_local_io, function, *args)
 
 
 def jail(base_path: Path, task_path: str) -> Path:
@@ -91,7 +104,7 @@ class AtomicFile:
         blocks, self._pending, self._pending_size = self._pending, [], 0
         # Shielded so that a cancelled task's discard() can wait for the thread to be done with
         # the file before removing it.
-        self._flushing = asyncio.ensure_future(asyncio.to_thread(self._write, blocks, commit))
+        self._flushing = _in_thread(self._write, blocks, commit)
         with local_errors("destination", self.display_path):
             await asyncio.shield(self._flushing)
 
@@ -113,7 +126,7 @@ class AtomicFile:
         if self._flushing is not None and not self._flushing.done():
             await asyncio.wait([self._flushing])
         handle, self._handle = self._handle, None
-        await asyncio.to_thread(self._discard, handle)
+        await _in_thread(self._discard, handle)
         if self._journal is not None and not self.temp_path.exists():
             self._journal.finished(self._entry)
 
@@ -142,7 +155,7 @@ class HashingReader:
 
     async def open(self) -> BinaryIO:
         with local_errors("source", self.display_path):
-            return await asyncio.to_thread(self._open)
+            return await _in_thread(self._open)
 
     def _open(self) -> BinaryIO:
         if self.path.is_dir():
@@ -155,14 +168,14 @@ class HashingReader:
         try:
             while True:
                 with local_errors("source", self.display_path):
-                    block = await asyncio.to_thread(self._read, handle)
+                    block = await _in_thread(self._read, handle)
                 if block:
                     yield block
                 if handle.closed:
                     return
         finally:
             if not handle.closed:
-                await asyncio.to_thread(handle.close)
+                await _in_thread(handle.close)
 
     def _read(self, handle: BinaryIO) -> bytes:
         block = handle.read(self.block_size)

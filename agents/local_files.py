@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import uuid
@@ -17,6 +18,9 @@ from pools.translate import local_errors
 
 TEMP_SUFFIX = ".ftp-pooler.part"
 LOCAL_IO_THREADS = 2
+# An upload source this small is read whole when it is opened: one thread hop in all. Bounded so
+# that tasks still waiting for a session hold little (1,000 of them: 16 MiB at most).
+READ_AHEAD_BYTES = 16 * 1024
 
 T = TypeVar("T")
 
@@ -37,11 +41,18 @@ def jail(base_path: Path, task_path: str) -> Path:
     :class:`InvalidTask`. Symlinks are resolved as far as they exist, so a link inside the base that
     points outside it is caught too.
     """
-    base = Path(os.path.realpath(base_path))
+    base = _resolved_base(base_path)
     candidate = Path(os.path.realpath(base / task_path.lstrip("/")))
     if candidate == base or base not in candidate.parents:
         raise InvalidTask(f"path {task_path!r} is outside the connection's base_path")
     return candidate
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved_base(base_path: Path) -> Path:
+    """A connection's base_path with its symlinks resolved, once per process (a stat per
+    component of it saved on every task)."""
+    return Path(os.path.realpath(base_path))
 
 
 def temp_name(final_name: str) -> str:
@@ -148,6 +159,7 @@ class HashingReader:
         self.block_size = block_size
         self.size = 0
         self._hash = hashlib.sha256()
+        self._ahead: bytes | None = None
 
     @property
     def sha256(self) -> str:
@@ -158,21 +170,28 @@ class HashingReader:
             return await _in_thread(self._open)
 
     def _open(self) -> BinaryIO:
-        if self.path.is_dir():
-            raise IsADirectoryError(21, "Is a directory")
-        return self.path.open("rb")
+        handle = self.path.open("rb")  # a directory raises IsADirectoryError
+        try:
+            if os.fstat(handle.fileno()).st_size <= READ_AHEAD_BYTES:
+                self._ahead = self._read(handle)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
 
     async def blocks(self, handle: BinaryIO) -> AsyncIterator[bytes]:
         """The file's blocks; a short block is the last, read and closed in the same hop (a
-        small file takes one hop to open and one to read)."""
+        small file was read whole when it was opened)."""
         try:
-            while True:
+            if self._ahead is not None:
+                block, self._ahead = self._ahead, None
+                if block:
+                    yield block
+            while not handle.closed:
                 with local_errors("source", self.display_path):
                     block = await _in_thread(self._read, handle)
                 if block:
                     yield block
-                if handle.closed:
-                    return
         finally:
             if not handle.closed:
                 await _in_thread(handle.close)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from agents.local_files import AtomicFile, HashingReader, jail
-from models.errors import InvalidTask
+from models.errors import InvalidTask, TransferIOError
 
 
 def test_paths_resolve_under_the_base(tmp_path):
@@ -96,3 +96,20 @@ async def test_reader_yields_the_whole_file_and_closes_it(tmp_path, size):
     assert b"".join(got) == data
     assert all(got) and handle.closed
     assert reader.size == size and reader.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_reader_of_a_directory_fails_permanently(tmp_path):
+    """A directory as upload source is a permanent IO_ERROR, not a crash."""
+    reader = HashingReader(tmp_path, "/", block_size=4096)
+    with pytest.raises(TransferIOError) as caught:
+        await reader.open()
+    assert caught.value.retryable is False
+
+
+async def test_small_source_is_read_whole_when_opened(tmp_path):
+    """A file below the read-ahead size is read and closed by open() itself."""
+    (tmp_path / "f.bin").write_bytes(b"x" * 100)
+    reader = HashingReader(tmp_path / "f.bin", "/f.bin", block_size=4096)
+    handle = await reader.open()
+    assert handle.closed and reader.size == 100
+    assert [block async for block in reader.blocks(handle)] == [b"x" * 100]

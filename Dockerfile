@@ -55,5 +55,5 @@ EXPOSE 8080 9090
 # settings the worker reads (config file and environment).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; from app.settings import load_settings; urllib.request.urlopen(f'http://127.0.0.1:{load_settings().api.port}/health', timeout=4)"]
-ENTRYPOINT ["faust", "-A", "app", "worker"]
+ENTRYPOINT ["faust", "-L", "uvloop", "-A", "app", "worker"]
 CMD ["-l", "info"]

@@ -106,10 +106,10 @@ def test_registry_path_in_the_image_is_where_the_secret_is_mounted(
 
 
 def test_entrypoint_runs_the_faust_worker(runtime: dockerfile.Stage) -> None:
-    """`faust -A app worker -l info`, exec form, so the worker gets SIGTERM itself."""
+    """`faust -L uvloop -A app worker -l info`, exec form, so the worker gets SIGTERM itself."""
     (entrypoint,) = runtime.all("ENTRYPOINT")
     (cmd,) = runtime.all("CMD")
-    expected = ["faust", "-A", "app", "worker", "-l", "info"]
+    expected = ["faust", "-L", "uvloop", "-A", "app", "worker", "-l", "info"]
     assert entrypoint.exec_form() + cmd.exec_form() == expected
 
 

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import functools
 import posixpath
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +20,7 @@ from aioftp.common import SSLSessionBoundContext
 
 from app.registry import FtpConnection
 from models.errors import TransferIOError
+from pools import wire
 from pools.translate import (
     Phase,
     cleartext_on_implicit_port,
@@ -191,6 +193,9 @@ class FTPSession:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._tls = tls_context(connection)
+        self._control: wire.ControlChannel | None = None  # set once logged in
+        self._passive = "EPSV"  # PASV from the first time a server refuses EPSV
+        self._peer: tuple[int, tuple[Any, ...]] | None = None  # control socket's family, address
         # No timeouts inside aioftp: on Python 3.11 each of its timed calls (every line read or
         # written, every connect) runs in a task of its own through asyncio.wait_for, a quarter
         # of its CPU per small file. Each operation is bounded once instead (see _run and
@@ -268,6 +273,12 @@ class FTPSession:
                     if conn.tls != "none":
                         await self._client.command("PBSZ 0", "200")
                         await self._client.command("PROT P", "200")
+                    stream = self._client.stream
+                    self._control = wire.ControlChannel(stream.reader, stream.writer)
+                    control_socket = stream.writer.get_extra_info("socket")
+                    self._peer = (control_socket.family, stream.writer.get_extra_info("peername"))
+                    # Binary once per session, not before every transfer as aioftp does.
+                    await self._control.command("TYPE I", "200")
         except BaseException as exc:
             self.state = SessionState.ERROR
             self._client.close()
@@ -281,7 +292,7 @@ class FTPSession:
     async def noop(self) -> bool:
         """Ask the server whether the session is alive; a dead one is marked ERROR."""
         try:
-            await self._run("command", self._client.command("NOOP", "2xx"))
+            await self._run("command", self.control.command("NOOP", "2xx"))
         except Exception:
             return False
         return True
@@ -299,8 +310,17 @@ class FTPSession:
                 await self._client.wait_closed()
 
     # -- transfer primitives -------------------------------------------------------------------
+    @property
+    def control(self) -> wire.ControlChannel:
+        if self._control is None:
+            raise ConnectionError("not logged in")
+        return self._control
+
     async def retrieve(self, path: str, on_block: Callable[[bytes], Awaitable[None]]) -> None:
         """RETR ``path``, passing each block to ``on_block`` as it arrives."""
+        if self._tls is None:
+            await self._run("source", self._plain_transfer(f"RETR {path}", path, on_block), path)
+            return
 
         async def body() -> None:
             with self._data_tls_hint(path):
@@ -317,6 +337,9 @@ class FTPSession:
 
     async def store(self, path: str, blocks: AsyncIterator[bytes]) -> None:
         """STOR ``path`` from an async iterator of blocks."""
+        if self._tls is None:
+            await self._run("destination", self._plain_transfer(f"STOR {path}", path, blocks), path)
+            return
 
         async def body() -> None:
             with self._data_tls_hint(path):
@@ -327,6 +350,53 @@ class FTPSession:
                             await stream.write(block)
 
         await self._run("destination", body(), path, bounded=False)
+
+    async def _plain_transfer(
+        self,
+        command: str,
+        path: str,
+        data: Callable[[bytes], Awaitable[None]] | AsyncIterator[bytes],
+    ) -> None:
+        """RETR/STOR over a plain passive data connection (a bare socket, see pools.wire).
+
+        Opening it (EPSV/PASV, connect, the 1xx) and the final reply are each bounded by the
+        command timeout; the bytes in between by the stall timeout.
+        """
+        loop_time = asyncio.get_running_loop().time
+        async with asyncio.timeout(self._command_timeout):
+            sock = await self._open_passive()
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                await self.control.command(command, "1xx")
+            started = loop_time()
+            try:
+                async with wire.StallWatch(self.stall_timeout) as watch:
+                    if callable(data):
+                        await wire.receive(sock, self.block_size, data, watch)
+                    else:
+                        await wire.send(sock, data, watch)
+            except TimeoutError:
+                raise TransferIOError(
+                    f"transfer of {path} stalled: no bytes moved for {self.stall_timeout:.0f} s"
+                    f" ({loop_time() - started:.0f} s into it)"
+                ) from None
+        finally:
+            sock.close()  # the end of an upload's data
+        async with asyncio.timeout(self._command_timeout):
+            await self.control.reply("2xx")
+
+    async def _open_passive(self) -> socket.socket:
+        assert self._peer is not None
+        family, peer = self._peer
+        try:
+            info = await self.control.command(self._passive, "2xx")
+        except aioftp.StatusCodeError as exc:
+            if self._passive == "PASV" or not str(exc.received_codes[-1]).startswith("50"):
+                raise
+            self._passive = "PASV"  # no EPSV here (RFC 2428 is optional)
+            info = await self.control.command(self._passive, "2xx")
+        _host, port = wire.passive_address(self._passive, info, peer[0])
+        return await wire.open_data_socket(family, (peer[0], port, *peer[2:]))
 
     @contextmanager
     def _data_tls_hint(self, path: str) -> Iterator[None]:
@@ -358,7 +428,7 @@ class FTPSession:
 
         async def body() -> int | None:
             try:
-                _code, info = await self._client.command(f"SIZE {path}", "213")
+                info = await self.control.command(f"SIZE {path}", "213")
             except aioftp.StatusCodeError as exc:
                 if any(str(code) in ("500", "502", "504") for code in exc.received_codes):
                     self.size_supported = False  # not implemented: stop asking this server
@@ -378,9 +448,9 @@ class FTPSession:
         """
 
         async def body() -> None:
-            await self._client.command(f"RNFR {source}", "350")
+            await self.control.command(f"RNFR {source}", "350")
             try:
-                await self._client.command(f"RNTO {target}", "2xx")
+                await self.control.command(f"RNTO {target}", "2xx")
                 return
             except aioftp.StatusCodeError as exc:
                 code, info = reply_of(exc)
@@ -393,14 +463,14 @@ class FTPSession:
                 path=target,
                 reply=f"{code} {info}",
             )
-            await self._client.command(f"RNFR {source}", "350")
-            await self._client.command(f"RNTO {target}", "2xx")
+            await self.control.command(f"RNFR {source}", "350")
+            await self.control.command(f"RNTO {target}", "2xx")
 
         await self._run("destination", body(), target)
 
     async def _delete_if_present(self, path: str) -> bool:
         try:
-            await self._client.command(f"DELE {path}", "2xx")
+            await self.control.command(f"DELE {path}", "2xx")
         except aioftp.StatusCodeError:
             return False  # absent, or not ours to delete: the rename's own error stands
         return True
@@ -417,7 +487,7 @@ class FTPSession:
                 if str(level) in ("/", "."):
                     continue
                 try:
-                    await self._client.command(f"MKD {level}", "257")
+                    await self.control.command(f"MKD {level}", "257")
                 except aioftp.StatusCodeError as exc:
                     if not any(str(code).startswith("5") for code in exc.received_codes):
                         raise
@@ -429,7 +499,7 @@ class FTPSession:
 
         async def body() -> bool:
             try:
-                await self._client.command(f"DELE {path}", "2xx")
+                await self.control.command(f"DELE {path}", "2xx")
             except aioftp.StatusCodeError as exc:
                 if any(str(code) == "550" for code in exc.received_codes):
                     return False

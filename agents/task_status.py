@@ -9,6 +9,12 @@ producer's hash of those bytes: known to every worker.
 ``GET /tasks/{task_id}`` is decorated with ``app.table_route``, which hashes the id the same way
 and forwards the request to the worker that owns that partition.
 
+Changes wait up to ``BATCH_SECONDS`` for others of their partition and go in one message with
+them (``{"batch": [[task_id, change], ...]}``, keyed by its first task_id; a lone change is sent
+as itself, and a submission at once): under load one message, and one event of the agent, carry
+many tasks instead of one. The changes of one task_id keep the order of the calls (one queue,
+sent in order by one sender at a time).
+
 States: ``queued`` (accepted by ``POST /tasks``, or parked for a retry), ``in_progress`` (an
 attempt running for more than ``IN_PROGRESS_AFTER_SECONDS``), ``success`` and ``failed`` (the
 published outcome). Entries older than
@@ -50,14 +56,30 @@ _OUTCOME_FIELDS = (
 _INTERNAL = ("_ts", "_partition")  # epoch seconds of the last change, and the entry's partition
 PURGE_BATCH = 500
 IN_PROGRESS_AFTER_SECONDS = 0.5
+BATCH_SECONDS = 0.2  # how long a change may wait for others of its partition
+BATCH_MAX_ENTRIES = 200
+BATCH_MAX_BYTES = 256 * 1024  # estimated; far below Kafka's 1 MiB default message limit
+_ENTRY_OVERHEAD = 400  # bytes of an entry beyond its ids, paths and messages (estimate)
 
 
 class _HeldBack:
-    """An in_progress update waiting to be sent (``handle``), or being sent (``sending``)."""
+    """An in_progress update waiting to be queued (``handle``)."""
 
     handle: asyncio.TimerHandle
     update: dict[str, Any]
-    sending: asyncio.Future[None] | None = None
+
+
+class _Batch:
+    """Queued changes of one partition, sent as one message."""
+
+    __slots__ = ("entries", "error", "partition", "sent", "size")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+        self.size = 0
+        self.sent: Any = None  # the delivery future, once handed to the producer
+        self.error: BaseException | None = None
 
 
 class StatusRecorder(Protocol):
@@ -165,15 +187,23 @@ class TaskStatuses:
         self.send_failures_total = 0
         self._applied: dict[int, int] = {}  # per partition: the last offset the agent applied
         self.in_progress_after = IN_PROGRESS_AFTER_SECONDS
+        self.batch_seconds = BATCH_SECONDS
         self._held_back: dict[str, _HeldBack] = {}
+        self._partitions: int = partitions
+        self._queued: list[_Batch] = []  # in the order they were opened
+        self._open: dict[int, _Batch] = {}  # per partition: the batch still taking changes
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Future[None] | None = None
+        self._send_lock = asyncio.Lock()
         app.agent(self.topic, name="task_status", concurrency=1)(self._record)
         app.timer(max(1.0, min(600.0, retention_seconds / 24)))(self.purge)
 
     # -- recording (StatusRecorder) --------------------------------------------------------------
     async def submitted(self, tasks: Iterable[TransferTask]) -> list[Any]:
-        """Queue a ``queued`` entry for each task; returns the delivery futures to await."""
+        """A ``queued`` entry for each task, sent at once (with whatever else is queued);
+        returns the delivery futures to await. Raises when the producer did not take them."""
         now = self._clock()
-        futures = []
+        batches: dict[int, _Batch] = {}
         for task in tasks:
             update = {
                 "state": QUEUED,
@@ -182,14 +212,23 @@ class TaskStatuses:
                 **_task_fields(task),
                 "queued_at": iso(now),
             }
-            futures.append(await self._send(task.task_id, update, now))
+            batch = self._queue(task.task_id, update, now)
+            batches[id(batch)] = batch
+        await self.flush()
+        futures = []
+        for batch in batches.values():
+            if batch.error is not None:
+                raise batch.error
+            if batch.sent is None:
+                raise RuntimeError("task status not sent")
+            futures.append(batch.sent)
         return futures
 
     async def started(self, task: TransferTask, attempt: int) -> None:
         """Held back for ``in_progress_after`` seconds: most attempts end (or are deferred)
         sooner, and their outcome is then the only update sent, which halves the status
         traffic; a transfer that takes longer, or waits for a session, shows as in progress."""
-        await self._settle(task.task_id)
+        self._settle(task.task_id)
         now = self._clock()
         update = {
             "state": IN_PROGRESS,
@@ -203,28 +242,22 @@ class TaskStatuses:
         pending.update = update
 
         def send() -> None:
-            pending.sending = asyncio.ensure_future(self._send_quietly(task.task_id, update, now))
-            pending.sending.add_done_callback(lambda _: self._forget(task.task_id, pending))
+            if self._held_back.get(task.task_id) is pending:
+                del self._held_back[task.task_id]
+            self._queue(task.task_id, update, now)
 
         pending.handle = asyncio.get_running_loop().call_later(self.in_progress_after, send)
         self._held_back[task.task_id] = pending
 
-    async def _settle(self, task_id: str) -> dict[str, Any]:
-        """Before the next update of ``task_id``: drop its held-back in_progress, or, when that
-        is being sent already, let it go first (updates of one id stay in order). Returns the
-        fields of a dropped one the next update should carry (when the attempt started)."""
+    def _settle(self, task_id: str) -> dict[str, Any]:
+        """Before the next update of ``task_id``: drop its held-back in_progress (one queued
+        already stays ahead: the queue keeps the order). Returns the fields of a dropped one the
+        next update should carry (when the attempt started)."""
         pending = self._held_back.pop(task_id, None)
         if pending is None:
             return {}
-        if pending.sending is None:
-            pending.handle.cancel()
-            return {k: pending.update[k] for k in ("started_at", "worker")}
-        await pending.sending
-        return {}
-
-    def _forget(self, task_id: str, pending: _HeldBack) -> None:
-        if self._held_back.get(task_id) is pending:
-            del self._held_back[task_id]
+        pending.handle.cancel()
+        return {k: pending.update[k] for k in ("started_at", "worker")}
 
     async def parked(
         self,
@@ -237,7 +270,7 @@ class TaskStatuses:
     ) -> None:
         """A retry, or a deferral (``deferrals`` before this one: only the first is recorded,
         the rest are flow control and would only repeat it)."""
-        started = await self._settle(task.task_id)
+        started = self._settle(task.task_id)
         if deferrals:
             return
         now = self._clock()
@@ -252,12 +285,12 @@ class TaskStatuses:
             "last_error_message": error,
             "worker": self.worker_id,
         }
-        await self._send_quietly(task.task_id, update, now)
+        self._queue(task.task_id, update, now)
 
     async def finished(self, result: TransferResult) -> None:
         if result.task_id is None:
             return  # an unreadable message: nothing to key it by
-        started = await self._settle(result.task_id)
+        started = self._settle(result.task_id)
         now = self._clock()
         wire = result.to_wire()
         update = {
@@ -284,21 +317,72 @@ class TaskStatuses:
                 )
             },
         }
-        await self._send_quietly(result.task_id, update, now)
+        self._queue(result.task_id, update, now)
 
-    async def _send(self, task_id: str, update: dict[str, Any], now: float) -> Any:
+    # -- the queue ----------------------------------------------------------------------------
+    def _queue(self, task_id: str, update: dict[str, Any], now: float) -> _Batch:
+        """Add a change to its partition's open batch; the batch is sent within
+        ``batch_seconds``, or as soon as it is full."""
         update["updated_at"] = iso(now)
         update["_ts"] = now
-        return await self.topic.send(key=task_id, value=update)
+        partition = self.partition_of(task_id)
+        batch = self._open.get(partition)
+        if batch is None:
+            batch = self._open[partition] = _Batch(partition)
+            self._queued.append(batch)
+        batch.entries.append((task_id, update))
+        batch.size += _ENTRY_OVERHEAD + sum(len(v) for v in update.values() if type(v) is str)
+        if len(batch.entries) >= BATCH_MAX_ENTRIES or batch.size >= BATCH_MAX_BYTES:
+            del self._open[partition]  # the next change of this partition opens another
+            self._flush_soon(0)
+        else:
+            self._flush_soon(self.batch_seconds)
+        return batch
 
-    async def _send_quietly(self, task_id: str, update: dict[str, Any], now: float) -> None:
+    def _flush_soon(self, delay: float) -> None:
+        if self._flushing is not None:
+            return  # the sender under way schedules what is queued meanwhile
+        if self._flush_timer is not None:
+            if delay:
+                return
+            self._flush_timer.cancel()
+        self._flush_timer = asyncio.get_running_loop().call_later(delay, self._start_flushing)
+
+    def _start_flushing(self) -> None:
+        self._flush_timer = None
+        self._flushing = asyncio.ensure_future(self._flush_all())
+
+    async def _flush_all(self) -> None:
         try:
-            future = await self._send(task_id, update, now)
+            await self.flush()
+        finally:
+            self._flushing = None
+            if self._queued:  # queued while sending: a full batch goes at once, others wait
+                self._flush_soon(0 if len(self._queued) > len(self._open) else self.batch_seconds)
+
+    async def flush(self) -> None:
+        """Send every queued change now (after any send under way). A batch the producer did
+        not take is counted and logged, never raised: the transfer it describes is done."""
+        async with self._send_lock:
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            batches, self._queued, self._open = self._queued, [], {}
+            for batch in batches:
+                await self._send_batch(batch)
+
+    async def _send_batch(self, batch: _Batch) -> None:
+        entries = batch.entries
+        key, value = entries[0] if len(entries) == 1 else (entries[0][0], {"batch": entries})
+        try:
+            future: Any = await self.topic.send(key=key, value=value, partition=batch.partition)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a lost status update never fails the transfer itself
+            batch.error = exc
             self._send_failed(exc)
             return
+        batch.sent = future
         future.add_done_callback(self._delivered)
 
     def _delivered(self, future: Any) -> None:
@@ -313,10 +397,14 @@ class TaskStatuses:
     async def _record(self, stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            try:
-                self._apply(event.key, event.value, message.partition)
-            except Exception:
-                log.exception("task_status_invalid")
+            value = event.value
+            batch = value.get("batch") if isinstance(value, dict) else None
+            for change in batch if isinstance(batch, list) else [(event.key, value)]:
+                try:
+                    key, update = change
+                    self._apply(key, update, message.partition)
+                except Exception:
+                    log.exception("task_status_invalid")
             self._applied[message.partition] = message.offset
 
     def _apply(self, key: Any, update: Any, partition: int) -> None:
@@ -345,9 +433,8 @@ class TaskStatuses:
         """The partition of ``task_id`` in the status topic and the table (the producer's
         default partitioner over the serialized key)."""
         key: bytes = self.topic.prepare_key(task_id, None)[0]
-        partitions: int = self.app.conf.topic_partitions
         hashed: int = murmur2(key)
-        return (hashed & 0x7FFFFFFF) % partitions
+        return (hashed & 0x7FFFFFFF) % self._partitions
 
     async def caught_up(self, task_id: str, limit: float) -> bool:
         """Wait (at most ``limit`` seconds) until the agent has applied every status update

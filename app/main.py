@@ -194,6 +194,7 @@ class FtpPoolerApp(faust.App):
                 self.handler.releasing.clear()  # a rebalance, not a shutdown: carry on
         if drained[0]:
             log.warning("tasks_abandoned", count=drained[0], grace_seconds=grace)
+        await self.statuses.flush()  # the finished tasks' queued status changes
         await consumer.commit()
 
 

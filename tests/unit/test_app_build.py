@@ -184,35 +184,118 @@ def outcome(task_id: str) -> TransferResult:
     )
 
 
-async def test_in_progress_is_held_back_and_never_overtakes_the_outcome(built, monkeypatch):
-    """A quick attempt sends only its outcome; a slow one sends in_progress, then the outcome."""
-    app, _, _, _ = built
-    statuses = app.statuses
-    statuses.in_progress_after = 0.05
-    sent: list[tuple[str, str]] = []
+class FakeStatusTopic:
+    """Records what the status topic is given: (key, value, partition) per message."""
 
-    async def fake_send(task_id, update, now):
-        # The held-back update is slow to send: the outcome must still come second.
-        await asyncio.sleep(0.03 if update["state"] == "in_progress" else 0)
-        sent.append((task_id, update["state"]))
+    def __init__(self, real) -> None:
+        self.prepare_key = real.prepare_key
+        self.messages: list[tuple[str, object, int]] = []
+
+    async def send(self, key, value, partition):
+        self.messages.append((key, value, partition))
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
-    monkeypatch.setattr(statuses, "_send", fake_send)
-    quick = TransferTask(
-        task_id="quick", src_id="ftp-a", src_path="/x", dst_id="local", dst_path="/y"
+    def changes(self) -> list[tuple[str, str]]:
+        """(task_id, state) of every change, in the order sent, batches unpacked."""
+        out = []
+        for key, value, _ in self.messages:
+            for task_id, update in value.get("batch", [(key, value)]):
+                out.append((task_id, update["state"]))
+        return out
+
+
+def task(task_id: str) -> TransferTask:
+    return TransferTask(
+        task_id=task_id, src_id="ftp-a", src_path="/x", dst_id="local", dst_path="/y"
     )
-    await statuses.started(quick, 1)
+
+
+async def test_in_progress_is_held_back_and_never_overtakes_the_outcome(built):
+    """A quick attempt sends only its outcome; a slow one sends in_progress, then the outcome."""
+    app, _, _, _ = built
+    statuses = app.statuses
+    statuses.in_progress_after = 0.05
+    statuses.batch_seconds = 0.02
+    statuses.topic = topic = FakeStatusTopic(statuses.topic)  # type: ignore[assignment]
+    await statuses.started(task("quick"), 1)
     await statuses.finished(outcome("quick"))
+    assert topic.messages == []  # queued, not sent yet
     await asyncio.sleep(0.1)
-    assert sent == [("quick", "success")]
-    sent.clear()
-    slow = TransferTask(
-        task_id="slow", src_id="ftp-a", src_path="/x", dst_id="local", dst_path="/y"
-    )
-    await statuses.started(slow, 1)
-    await asyncio.sleep(0.055)  # the held-back update is being sent when the outcome arrives
+    assert topic.changes() == [("quick", "success")]
+    topic.messages.clear()
+    await statuses.started(task("slow"), 1)
+    await asyncio.sleep(0.055)  # the held-back update is queued when the outcome arrives
     await statuses.finished(outcome("slow"))
-    assert sent == [("slow", "in_progress"), ("slow", "success")]
+    await asyncio.sleep(0.05)
+    assert topic.changes() == [("slow", "in_progress"), ("slow", "success")]
     assert statuses._held_back == {}
+
+
+async def test_changes_of_one_partition_go_in_one_message_keyed_by_its_first_task(built):
+    """Many outcomes at once: one message per partition, each change on its id's partition, in
+    the order given; a lone change is sent as itself."""
+    app, _, _, _ = built
+    statuses = app.statuses
+    statuses.topic = topic = FakeStatusTopic(statuses.topic)  # type: ignore[assignment]
+    ids = [f"t-{n}" for n in range(60)]
+    for task_id in ids:
+        await statuses.finished(outcome(task_id))
+    await statuses.flush()
+    assert len(topic.messages) == len({statuses.partition_of(t) for t in ids}) < len(ids)
+    seen = []
+    for key, value, partition in topic.messages:
+        assert isinstance(value, dict)
+        entries = value.get("batch", [(key, value)])
+        assert key == entries[0][0]
+        assert all(statuses.partition_of(task_id) == partition for task_id, _ in entries)
+        seen += [task_id for task_id, _ in entries]
+    assert sorted(seen) == sorted(ids)
+    assert [t for t in seen if statuses.partition_of(t) == 0] == [
+        t for t in ids if statuses.partition_of(t) == 0
+    ]
+    topic.messages.clear()
+    await statuses.finished(outcome("alone"))
+    await statuses.flush()
+    [(key, value, partition)] = topic.messages
+    assert key == "alone" and value["state"] == "success"
+    assert partition == statuses.partition_of("alone")
+
+
+async def test_a_submission_is_sent_at_once_with_what_was_queued_before(built):
+    """POST /tasks waits for its queued entries: they go now, behind earlier changes."""
+    app, _, _, _ = built
+    statuses = app.statuses
+    statuses.batch_seconds = 60
+    statuses.topic = topic = FakeStatusTopic(statuses.topic)  # type: ignore[assignment]
+    await statuses.finished(outcome("again"))
+    futures = await statuses.submitted([task("again"), task("new")])
+    assert len(futures) >= 1 and all(f.done() for f in futures)
+    changes = topic.changes()
+    assert changes.index(("again", "success")) < changes.index(("again", "queued"))
+    assert ("new", "queued") in changes
+
+
+async def test_the_agent_applies_single_changes_and_batches_to_the_table(built):
+    app, _, _, _ = built
+    statuses = app.statuses
+    statuses.table = {}  # type: ignore[assignment]
+
+    def event(key, value, offset):
+        return SimpleNamespace(
+            key=key, value=value, message=SimpleNamespace(partition=2, offset=offset)
+        )
+
+    class Stream:
+        async def events(self):
+            yield event("a", {"state": "queued", "task_id": "a", "submitted": True}, 7)
+            batch = [["a", {"state": "success", "task_id": "a"}], ["b", {"state": "nonsense"}]]
+            batch.append(["c", {"state": "failed", "task_id": "c"}])
+            yield event("a", {"batch": batch}, 8)
+
+    await statuses._record(Stream())
+    assert statuses.table["a"]["state"] == "success" and statuses.table["a"]["attempts"] == 0
+    assert statuses.table["c"] == {"state": "failed", "task_id": "c", "_partition": 2}
+    assert "b" not in statuses.table  # an invalid change is logged and skipped
+    assert statuses._applied == {2: 8}

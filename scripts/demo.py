@@ -224,10 +224,11 @@ def main() -> int:
             "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": "3",
         }
         log = WORK / "worker.log"
-        say(f"starting a worker: faust -A app worker (log: {log.relative_to(REPO)})")
+        faust = str(Path(sys.executable).with_name("faust"))
+        say(f"starting a worker: faust -L uvloop -A app worker (log: {log.relative_to(REPO)})")
         with log.open("wb") as log_file:
             worker = subprocess.Popen(
-                [str(Path(sys.executable).with_name("faust")), "-A", "app", "worker", "-l", "info"],
+                [faust, "-L", "uvloop", "-A", "app", "worker", "-l", "info"],  # as the Dockerfile
                 cwd=WORK,
                 env=env,
                 stdout=log_file,

@@ -413,7 +413,10 @@ def test_ready_is_503_while_stopping_and_the_worker_exits_0(stack):
         assert stack.w2.process.returncode == 0, stack.w2.tail()
         answered = [pair for pair in seen if pair[0] != 0]
         assert (503, 200) in answered, seen[:20]
-        assert all(ready == 503 for ready, _ in answered), seen[:20]
+        # The signal reaches the event loop a moment after it is sent (a request may be answered
+        # first); from the first 503 on, /ready never says 200 again.
+        after = answered[answered.index((503, 200)) :]
+        assert all(ready == 503 for ready, _ in after), seen[:20]
         # Whatever w2 abandoned is redone by w1: every slow task ends in success.
         deadline = time.monotonic() + 60
         for t in slow:

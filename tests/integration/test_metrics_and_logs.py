@@ -43,7 +43,7 @@ class SplitWorker(Worker):
         self.stdout_path = self.workdir / f"{self.worker_id}.stdout"
         with self.stdout_path.open("ab") as out, self.log_path.open("ab") as err:
             self.process = subprocess.Popen(
-                [str(FAUST), "-A", "app", "worker", "-l", self.log_level],
+                [str(FAUST), "-L", "uvloop", "-A", "app", "worker", "-l", self.log_level],
                 cwd=self.workdir,
                 env=self.env(),
                 stdout=out,

@@ -13,7 +13,7 @@ def run_worker(tmp_path, connections_text: str, extra_env=None) -> subprocess.Co
     env = Worker(tmp_path, Names(), connections).env()
     env.update(extra_env or {})
     return subprocess.run(
-        [str(FAUST), "-A", "app", "worker", "-l", "info"],
+        [str(FAUST), "-L", "uvloop", "-A", "app", "worker", "-l", "info"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -71,7 +71,8 @@ async def make_topics(names: Names, partitions: int) -> None:
 
 
 class Worker:
-    """One `faust -A app worker` subprocess with its own ports, id and data dir."""
+    """One `faust -L uvloop -A app worker` subprocess (the Dockerfile's command) with its own
+    ports, id and data dir."""
 
     live: ClassVar[list[Worker]] = []  # killed after each test (see tests/integration/conftest.py)
 
@@ -128,7 +129,7 @@ class Worker:
             log.write(f"\n==== run {self.runs} ====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [str(FAUST), "-A", "app", "worker", "-l", self.log_level],
+                [str(FAUST), "-L", "uvloop", "-A", "app", "worker", "-l", self.log_level],
                 cwd=self.workdir,
                 env=self.env(),
                 stdout=log,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -39,13 +40,15 @@ class Variant:
     """Which FTP Pooler to run and how: its virtualenv (the code it imports, unless ``env``
     sets PYTHONPATH to another checkout), extra settings (``FTP_POOLER_*``), and Faust's event
     loop (``faust -L``) and log level (``faust -l``) where they should differ from the command
-    in the Dockerfile."""
+    in the Dockerfile. ``workers`` > 1 runs that many worker processes in one consumer group on
+    this host, the 10 sessions per server split between them (scaling out by replicas)."""
 
     label: str = "pooler"
     venv: Path = REPO / ".venv"
     env: dict[str, str] = field(default_factory=dict)
     loop: str | None = None
     loglevel: str | None = None
+    workers: int = 1
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -54,11 +57,12 @@ class Variant:
             "env": self.env,
             "loop": self.loop,
             "loglevel": self.loglevel,
+            "workers": self.workers,
             "command": " ".join(["faust", *worker_command(self)[1:]]),
         }
 
     def with_env(self, **env: str) -> Variant:
-        return Variant(self.label, self.venv, {**self.env, **env}, self.loop, self.loglevel)
+        return dataclasses.replace(self, env={**self.env, **env})
 
     def has_setting(self, section: str, key: str) -> bool:
         """True when this variant's code knows ``<section>.<key>`` (else the worker would stop
@@ -100,7 +104,12 @@ class PoolerRun:
 
 
 def worker_env(
-    kafka: str, names: dict[str, str], connections: Path, rundir: Path, variant: Variant
+    kafka: str,
+    names: dict[str, str],
+    connections: Path,
+    rundir: Path,
+    variant: Variant,
+    number: int = 0,
 ) -> tuple[dict[str, str], int]:
     api_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTP_POOLER_")}
@@ -115,9 +124,11 @@ def worker_env(
             "FTP_POOLER_API__HOST": "127.0.0.1",
             "FTP_POOLER_API__PORT": str(api_port),
             "FTP_POOLER_METRICS__PORT": "0",  # off: one port less that could be taken meanwhile
-            "FTP_POOLER_WORKER__ID": "bench",
-            "FTP_POOLER_WORKER__DATA_DIR": str(rundir / "faust-data"),
-            "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": "10",
+            "FTP_POOLER_WORKER__ID": f"bench-{number}" if number else "bench",
+            "FTP_POOLER_WORKER__DATA_DIR": str(
+                rundir / ("faust-data" + (f"-{number}" * bool(number)))
+            ),
+            "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(max(1, 10 // variant.workers)),
         }
     )
     env.update(variant.env)
@@ -295,10 +306,14 @@ async def run_pooler(
     reader = ResultReader(kafka, [names["results"], names["failures"]])
     await reader.start()
     process: asyncio.subprocess.Process | None = None
+    others: list[tuple[asyncio.subprocess.Process, ProcStats, int]] = []  # workers 2..n
     spy: asyncio.subprocess.Process | None = None
     try:
         sent: dict[str, float] = {}
-        if mode == "drain":
+        # Several workers drain a backlog produced once all of them have joined the group (else
+        # the first one ready takes the whole backlog before the others get partitions).
+        produce_first = mode == "drain" and variant.workers == 1
+        if produce_first:
             sent = await produce(kafka, names["tasks"], tasks)
         argv = worker_command(variant)
         spawned = time.time()
@@ -306,7 +321,16 @@ async def run_pooler(
             *argv, cwd=rundir, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
         )
         stats = ProcStats(process.pid)
+        for number in range(1, variant.workers):
+            other_env, other_port = worker_env(kafka, names, connections, rundir, variant, number)
+            other = await asyncio.create_subprocess_exec(
+                *argv, cwd=rundir, env=other_env, stdout=log, stderr=asyncio.subprocess.STDOUT
+            )
+            others.append((other, ProcStats(other.pid), other_port))
         ready_at = await _wait_ready(api_port, process, within=120)
+        for other, _stats, other_port in others:
+            ready_at = max(ready_at, await _wait_ready(other_port, other, within=120))
+        others_cpu_at_start = sum(o_stats.cpu_seconds() for _o, o_stats, _p in others)
         cpu_at_start = stats.cpu_seconds()
         system_at_start = stats.cpu_split()[1]
         rss_at_ready = stats.memory_kib().get("VmRSS", 0)
@@ -314,22 +338,28 @@ async def run_pooler(
             spy = await _start_profiler(process.pid, profile, log)
         sampler = asyncio.create_task(_sample(api_port, stats))
         started = ready_at
-        if mode == "stream":
+        if not produce_first:
             started = time.time()
             sent = await produce(kafka, names["tasks"], tasks)
         received = await reader.collect(len(tasks), limit, process)
         finished = received[-1][0]
         cpu_at_end = stats.cpu_seconds()
+        others_cpu = sum(o_stats.cpu_seconds() for _o, o_stats, _p in others) - others_cpu_at_start
         system_at_end = stats.cpu_split()[1]
         memory = stats.memory_kib()
+        others_peak = max(
+            [o_stats.memory_kib().get("VmHWM", 0) for _o, o_stats, _p in others] or [0]
+        )
+        logins = await _logins([api_port, *(p for _o, _s, p in others)])
         sampler.cancel()
         samples = await asyncio.gather(sampler, return_exceptions=True)
-        _status, status = await http_get(api_port, "/status")
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
         if process is not None:
             await _stop(process)
+        for other, _stats, _port in others:
+            await _stop(other)
         if spy is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(spy.wait(), 30)
@@ -341,25 +371,24 @@ async def run_pooler(
     window_start = "ready" if mode == "drain" else "first send"
     if mode == "drain":
         first_transfer = min(_epoch(v["timestamp"]) - v["duration_ms"] / 1000 for _t, v in received)
-        if first_transfer < started:
+        if first_transfer < started or not produce_first:
             started, window_start = first_transfer, "first transfer"
     failures = Counter(
         str(v.get("error_code")) for _t, v in received if v.get("status") != "success"
     )
     latencies = [(t - sent[v["task_id"]]) * 1000 for t, v in received if v.get("task_id") in sent]
     peaks = samples[0] if samples and isinstance(samples[0], dict) else {}
-    pools = (status or {}).get("pools", {}).get("connections", {})
     return PoolerRun(
         mode=mode,
         tasks=len(tasks),
         seconds=finished - started,
-        cpu_seconds=round(cpu_at_end - cpu_at_start, 2),
+        cpu_seconds=round(cpu_at_end - cpu_at_start + others_cpu, 2),
         cpu_total_seconds=round(cpu_at_end, 2),
-        peak_rss_kib=memory.get("VmHWM", 0),
+        peak_rss_kib=max(memory.get("VmHWM", 0), others_peak),
         startup_seconds=round(ready_at - spawned, 2),
         window_start=window_start,
         failures=dict(failures),
-        logins=sum(int(p.get("opened_total", 0)) for p in pools.values()),
+        logins=logins,
         latency_ms=_percentiles(latencies) if mode == "stream" else {},
         max_in_flight_seen=int(peaks.get("in_flight", 0)),
         max_busy_sessions_seen=int(peaks.get("busy", 0)),
@@ -367,6 +396,16 @@ async def run_pooler(
         rss_at_ready_kib=rss_at_ready,
         cpu_system_seconds=round(system_at_end - system_at_start, 2),
     )
+
+
+async def _logins(ports: list[int]) -> int:
+    """FTP logins made by the workers answering on ``ports`` (from their /status)."""
+    total = 0
+    for port in ports:
+        _code, status = await http_get(port, "/status")
+        pools = (status or {}).get("pools", {}).get("connections", {})
+        total += sum(int(p.get("opened_total", 0)) for p in pools.values())
+    return total
 
 
 async def _wait_ready(port: int, process: asyncio.subprocess.Process, within: float) -> float:

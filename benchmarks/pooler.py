@@ -112,6 +112,7 @@ def worker_env(
     number: int = 0,
 ) -> tuple[dict[str, str], int]:
     api_port = free_port()
+    suffix = f"-{number}" if number else ""  # the first worker keeps the plain names
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTP_POOLER_")}
     env.update(
         {
@@ -124,10 +125,8 @@ def worker_env(
             "FTP_POOLER_API__HOST": "127.0.0.1",
             "FTP_POOLER_API__PORT": str(api_port),
             "FTP_POOLER_METRICS__PORT": "0",  # off: one port less that could be taken meanwhile
-            "FTP_POOLER_WORKER__ID": f"bench-{number}" if number else "bench",
-            "FTP_POOLER_WORKER__DATA_DIR": str(
-                rundir / ("faust-data" + (f"-{number}" * bool(number)))
-            ),
+            "FTP_POOLER_WORKER__ID": f"bench{suffix}",
+            "FTP_POOLER_WORKER__DATA_DIR": str(rundir / f"faust-data{suffix}"),
             "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(max(1, 10 // variant.workers)),
         }
     )

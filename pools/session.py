@@ -319,7 +319,11 @@ class FTPSession:
     async def retrieve(self, path: str, on_block: Callable[[bytes], Awaitable[None]]) -> None:
         """RETR ``path``, passing each block to ``on_block`` as it arrives."""
         if self._tls is None:
-            await self._run("source", self._plain_transfer(f"RETR {path}", path, on_block), path)
+
+            async def receive(sock: socket.socket, watch: wire.StallWatch) -> None:
+                await wire.receive(sock, self.block_size, on_block, watch)
+
+            await self._run("source", self._plain_transfer(f"RETR {path}", path, receive), path)
             return
 
         async def body() -> None:
@@ -338,7 +342,11 @@ class FTPSession:
     async def store(self, path: str, blocks: AsyncIterator[bytes]) -> None:
         """STOR ``path`` from an async iterator of blocks."""
         if self._tls is None:
-            await self._run("destination", self._plain_transfer(f"STOR {path}", path, blocks), path)
+
+            async def send(sock: socket.socket, watch: wire.StallWatch) -> None:
+                await wire.send(sock, blocks, watch)
+
+            await self._run("destination", self._plain_transfer(f"STOR {path}", path, send), path)
             return
 
         async def body() -> None:
@@ -355,31 +363,24 @@ class FTPSession:
         self,
         command: str,
         path: str,
-        data: Callable[[bytes], Awaitable[None]] | AsyncIterator[bytes],
+        move: Callable[[socket.socket, wire.StallWatch], Awaitable[None]],
     ) -> None:
-        """RETR/STOR over a plain passive data connection (a bare socket, see pools.wire).
+        """RETR/STOR over a plain passive data connection (a bare socket, see pools.wire);
+        ``move`` receives or sends the bytes.
 
         Opening it (EPSV/PASV, connect, the 1xx) and the final reply are each bounded by the
         command timeout; the bytes in between by the stall timeout.
         """
-        loop_time = asyncio.get_running_loop().time
         async with asyncio.timeout(self._command_timeout):
             sock = await self._open_passive()
         try:
             async with asyncio.timeout(self._command_timeout):
                 await self.control.command(command, "1xx")
-            started = loop_time()
             try:
                 async with wire.StallWatch(self.stall_timeout) as watch:
-                    if callable(data):
-                        await wire.receive(sock, self.block_size, data, watch)
-                    else:
-                        await wire.send(sock, data, watch)
+                    await move(sock, watch)
             except TimeoutError:
-                raise TransferIOError(
-                    f"transfer of {path} stalled: no bytes moved for {self.stall_timeout:.0f} s"
-                    f" ({loop_time() - started:.0f} s into it)"
-                ) from None
+                raise self._stalled(path) from None
         finally:
             sock.close()  # the end of an upload's data
         async with asyncio.timeout(self._command_timeout):
@@ -395,7 +396,7 @@ class FTPSession:
                 raise
             self._passive = "PASV"  # no EPSV here (RFC 2428 is optional)
             info = await self.control.command(self._passive, "2xx")
-        _host, port = wire.passive_address(self._passive, info, peer[0])
+        port = wire.passive_port(self._passive, info)
         return await wire.open_data_socket(family, (peer[0], port, *peer[2:]))
 
     @contextmanager
@@ -417,9 +418,12 @@ class FTPSession:
             async with asyncio.timeout(self.stall_timeout):
                 yield
         except TimeoutError:
-            raise TransferIOError(
-                f"transfer of {path} stalled: no bytes moved for {self.stall_timeout:.0f} s"
-            ) from None
+            raise self._stalled(path) from None
+
+    def _stalled(self, path: str) -> TransferIOError:
+        return TransferIOError(
+            f"transfer of {path} stalled: no bytes moved for {self.stall_timeout:.0f} s"
+        )
 
     async def size(self, path: str) -> int | None:
         """SIZE of ``path`` in bytes, or None when the server does not support SIZE."""

@@ -77,23 +77,22 @@ def _matches(code: str, mask: str) -> bool:
     return all(m == c or not m.isdigit() for m, c in zip(mask, code, strict=True))
 
 
-def passive_address(command: str, info: list[str], server_host: str) -> tuple[str, int]:
-    """The data connection's address from a 229 (EPSV) or 227 (PASV) reply.
+def passive_port(command: str, info: list[str]) -> int:
+    """The data connection's port from a 229 (EPSV) or 227 (PASV) reply.
 
-    EPSV names only a port (the control connection's host); PASV's address is not trusted
-    either (servers behind NAT announce private ones), as aioftp does by default.
+    The host is always the control connection's: EPSV names none, and PASV's address is not
+    trusted (servers behind NAT announce private ones), as aioftp does by default.
     """
     text = info[-1]
     if command == "EPSV":
         match = _EPSV.search(text)
         if match is None:
             raise aioftp.StatusCodeError(Code("229"), Code("229"), info)
-        return server_host, int(match.group(2))
+        return int(match.group(2))
     numbers = _PASV.search(text)
     if numbers is None:
         raise aioftp.StatusCodeError(Code("227"), Code("227"), info)
-    high, low = int(numbers.group(5)), int(numbers.group(6))
-    return server_host, (high << 8) | low
+    return (int(numbers.group(5)) << 8) | int(numbers.group(6))
 
 
 async def open_data_socket(family: int, address: tuple[Any, ...]) -> socket.socket:

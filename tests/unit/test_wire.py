@@ -10,7 +10,10 @@ from contextlib import asynccontextmanager, suppress
 import aioftp
 import pytest
 
+from app.registry import FtpConnection
+from models.errors import TransferIOError
 from pools import wire
+from pools.session import FTPSession
 
 
 async def scripted_server(replies: list[bytes]) -> tuple[asyncio.Server, list[bytes]]:
@@ -48,7 +51,7 @@ async def test_a_command_returns_its_reply_text_when_the_code_matches() -> None:
     async with server, channel_to(server) as control:
         assert await control.command("SIZE /a b.txt", "213") == [" 4096"]
         info = await control.command("EPSV", "2xx")
-        assert wire.passive_address("EPSV", info, "127.0.0.1") == ("127.0.0.1", 40123)
+        assert wire.passive_port("EPSV", info) == 40123
     assert received == [b"SIZE /a b.txt\r\n", b"EPSV\r\n"]
 
 
@@ -84,13 +87,13 @@ def test_a_command_with_a_line_break_is_refused_before_anything_is_sent() -> Non
         asyncio.run(control.command("RETR a\r\nDELE b", "1xx"))
 
 
-def test_pasv_addresses_use_the_control_connections_host_and_bad_replies_fail() -> None:
+def test_passive_ports_are_read_from_pasv_replies_and_bad_replies_fail() -> None:
     info = ["Entering Passive Mode (10,0,0,7,156,64)."]
-    assert wire.passive_address("PASV", info, "192.0.2.1") == ("192.0.2.1", 156 * 256 + 64)
+    assert wire.passive_port("PASV", info) == 156 * 256 + 64
     with pytest.raises(aioftp.StatusCodeError):
-        wire.passive_address("PASV", ["Entering Passive Mode."], "192.0.2.1")
+        wire.passive_port("PASV", ["Entering Passive Mode."])
     with pytest.raises(aioftp.StatusCodeError):
-        wire.passive_address("EPSV", ["Entering Extended Passive Mode"], "192.0.2.1")
+        wire.passive_port("EPSV", ["Entering Extended Passive Mode"])
 
 
 async def test_data_is_received_until_the_server_closes_and_sent_whole() -> None:
@@ -168,3 +171,54 @@ async def test_progress_pushes_the_stall_deadline_back() -> None:
             await asyncio.sleep(0.06)
             watch.progress()
     assert loop.time() - started >= 0.55
+
+
+async def test_a_session_whose_data_connection_goes_silent_fails_as_stalled_and_is_not_reused() -> (
+    None
+):
+    """FTPSession over a scripted server that answers RETR with 150 and then sends nothing."""
+    data_peers: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data_peers.append(writer)
+        await reader.read()  # until the client closes its end
+        writer.close()
+
+    data_server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    data_port = data_server.sockets[0].getsockname()[1]
+    replies = {
+        "USER": "331 password please",
+        "PASS": "230 logged in",
+        "TYPE": "200 binary",
+        "EPSV": f"229 Entering Extended Passive Mode (|||{data_port}|)",
+        "RETR": "150 here it comes (it does not)",
+    }
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted\r\n")
+        while line := await reader.readline():
+            verb = line.decode().split()[0].upper()
+            writer.write(replies.get(verb, "502 not here").encode() + b"\r\n")
+        writer.close()
+
+    control_server = await asyncio.start_server(control, "127.0.0.1", 0)
+    port = control_server.sockets[0].getsockname()[1]
+    connection = FtpConnection(id="silent", host="127.0.0.1", port=port, user="u", password="p")
+    session = FTPSession(
+        connection, connect_timeout=5, command_timeout=5, block_size=65536, stall_timeout=0.3
+    )
+    received: list[bytes] = []
+
+    async def keep(block: bytes) -> None:
+        received.append(block)
+
+    async with control_server, data_server:
+        await session.connect()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TransferIOError, match="stalled: no bytes moved for 0 s") as caught:
+            await session.retrieve("/big.bin", keep)
+        assert 0.25 <= loop.time() - started < 3
+        assert caught.value.retryable
+        assert session.is_broken and received == [] and len(data_peers) == 1
+        await session.aclose()

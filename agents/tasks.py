@@ -18,7 +18,7 @@ from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
 from agents.retries import RetryEntry, RetryPolicy, RetryQueue
 from agents.task_status import NoStatus, StatusRecorder
-from agents.transfer import TransferRunner, utc_now
+from agents.transfer.runner import TransferRunner, utc_now
 from models.errors import Deferred, FtpPoolerError, InvalidTask, UnknownError
 from models.result import Status, TransferResult, raw_value_text
 from models.task import TransferTask, parse_task, peek_task_id

@@ -8,8 +8,8 @@ from typing import Any, TextIO
 
 import structlog
 
-from app.registry import Registry
 from app.settings import LoggingSettings, Settings
+from models.connections import Registry
 
 
 def _real_stdout() -> TextIO:

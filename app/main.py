@@ -21,16 +21,16 @@ from agents.retries import RetryPolicy, RetryQueue
 from agents.session_reports import FleetSessions
 from agents.task_status import TaskStatuses
 from agents.tasks import TaskHandler, register_agent
-from agents.temp_journal import TempJournal
-from agents.transfer import TransferRunner
-from app.cli import register_commands
+from agents.transfer.runner import TransferRunner
+from agents.transfer.temp_journal import TempJournal
+from app.cli.commands import register_commands
 from app.logs import config_summary, configure_logging
 from app.metrics import ConsumerLagCollector, MetricsServer, StateCollector, TransferMetrics
 from app.openapi import openapi_document
-from app.registry import FtpConnection, Registry, load_registry
 from app.settings import ApiSettings, Settings, TransferSettings, load_settings
 from app.task_api import TaskSubmitter, register_task_views
 from app.web import register_views
+from models.connections import FtpConnection, Registry, load_registry
 from models.errors import ConfigError
 from pools.manager import SessionPoolManager
 from pools.session import FTPSession

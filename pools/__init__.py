@@ -2,6 +2,7 @@
 
 from pools.manager import SessionPoolManager
 from pools.pool import SessionPool
-from pools.session import FTPSession, SessionState
+from pools.session import FTPSession
+from pools.state import SessionState
 
 __all__ = ["FTPSession", "SessionPool", "SessionPoolManager", "SessionState"]

@@ -16,7 +16,6 @@ import structlog
 from models.errors import ConnectionFailed, Deferred, PoolTimeout, ServerBusy
 from pools.circuit import CircuitBreaker, CircuitOpen
 from pools.pool import S, SessionPool, Waiter
-from pools.session import SessionState
 
 log = structlog.get_logger("ftp_pooler.pools")
 
@@ -132,7 +131,6 @@ class SessionPoolManager(mode.Service, Generic[S]):
                     if await self._make_ready(pool, waiter):
                         session = waiter.session
                         assert session is not None
-                        session.uses += 1
                         if self._observe_wait is not None:
                             self._observe_wait(pool.conn_id, self._clock() - started)
                         return session
@@ -149,8 +147,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
         to_close: list[S] = []
         pool.session_returned(self._clock())
         if reuse and self.reuse_sessions and session.is_connected and not self._closing:
-            session.state = SessionState.IDLE
-            session.last_used = self._clock()
+            session.released(self._clock())
         else:
             pool.discard(session)
             to_close.append(session)
@@ -188,11 +185,11 @@ class SessionPoolManager(mode.Service, Generic[S]):
             if waiter.evicted is not None:
                 evicted, waiter.evicted = waiter.evicted, None
                 await self._close([evicted])
-            if session.state is SessionState.DISCONNECTED:
+            if session.is_connecting:
                 return await self._connect(pool, session)
             if session.looks_dead():
                 return await self._drop_stale(pool, session)
-            idle_for = self._clock() - session.last_used
+            idle_for = session.idle_seconds(self._clock())
             long_idle = self.health_check_idle and idle_for > self.health_check_idle
             if long_idle and not await session.noop():
                 return await self._drop_stale(pool, session)
@@ -245,7 +242,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
             pool.breaker.on_cancelled()
             raise
         pool.breaker.on_success()
-        session.state = SessionState.BUSY
+        session.acquired()
         log.info("session_opened", connection=pool.conn_id, open=pool.open)
         return True
 
@@ -270,10 +267,10 @@ class SessionPoolManager(mode.Service, Generic[S]):
         session, waiter.session = waiter.session, None
         to_close = [waiter.evicted] if waiter.evicted is not None else []
         if session is not None:
-            if session.state is SessionState.DISCONNECTED:
+            if session.is_connecting:
                 pool.discard(session)  # never connected: nothing to close
             else:
-                session.state = SessionState.IDLE
+                session.released(self._clock())
         to_close.extend(self._assign())
         if to_close:
             self._spawn_close(to_close)
@@ -300,8 +297,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
                 if session is None:
                     continue
                 pool.waiters.popleft()
-                if session.state is SessionState.IDLE:
-                    session.state = SessionState.BUSY
+                session.acquired()  # an idle one is BUSY from now; a new one once logged in
                 waiter.session = session
                 waiter.event.set()
                 break

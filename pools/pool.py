@@ -10,24 +10,40 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from pools.circuit import CircuitBreaker
-from pools.session import SessionState
 
 # How many recent session returns the hand-back rate of a connection is estimated from.
 RATE_WINDOW = 32
 
 
 class Session(Protocol):
-    """What a pool needs to know of a session (a fake one in unit tests, FTPSession for real)."""
+    """What a pool needs to know of a session (a fake one in unit tests, FTPSession for real):
+    state questions, the two hand-over transitions, and its I/O. The pool never sets a
+    session's state itself (see :class:`pools.state.SessionLifecycle`)."""
 
-    state: SessionState
     last_used: float
-    uses: int
+
+    @property
+    def is_connecting(self) -> bool: ...
+
+    @property
+    def is_idle(self) -> bool: ...
+
+    @property
+    def is_busy(self) -> bool: ...
 
     @property
     def is_connected(self) -> bool: ...
 
     @property
     def is_broken(self) -> bool: ...
+
+    def idle_seconds(self, now: float) -> float: ...
+
+    def has_expired(self, now: float, idle_timeout: float) -> bool: ...
+
+    def acquired(self) -> None: ...
+
+    def released(self, now: float) -> None: ...
 
     async def connect(self) -> None: ...
 
@@ -101,15 +117,15 @@ class SessionPool(Generic[S]):
 
     @property
     def busy(self) -> int:
-        return sum(1 for s in self.sessions if s.state is SessionState.BUSY)
+        return sum(1 for s in self.sessions if s.is_busy)
 
     @property
     def idle(self) -> int:
-        return sum(1 for s in self.sessions if s.state is SessionState.IDLE)
+        return sum(1 for s in self.sessions if s.is_idle)
 
     @property
     def connecting(self) -> int:
-        return sum(1 for s in self.sessions if s.state is SessionState.DISCONNECTED)
+        return sum(1 for s in self.sessions if s.is_connecting)
 
     @property
     def connected(self) -> int:
@@ -149,11 +165,11 @@ class SessionPool(Generic[S]):
     # -- bookkeeping ---------------------------------------------------------------------------
     def most_recent_idle(self) -> S | None:
         """The idle session used last (keeps few sessions warm so the rest can expire)."""
-        idle = [s for s in self.sessions if s.state is SessionState.IDLE]
+        idle = [s for s in self.sessions if s.is_idle]
         return max(idle, key=lambda s: s.last_used) if idle else None
 
     def least_recent_idle(self) -> S | None:
-        idle = [s for s in self.sessions if s.state is SessionState.IDLE]
+        idle = [s for s in self.sessions if s.is_idle]
         return min(idle, key=lambda s: s.last_used) if idle else None
 
     def session_returned(self, now: float) -> None:
@@ -182,8 +198,4 @@ class SessionPool(Generic[S]):
             self.sessions.remove(session)
 
     def expired(self, now: float, idle_timeout: float) -> list[S]:
-        return [
-            s
-            for s in self.sessions
-            if s.state is SessionState.IDLE and now - s.last_used > idle_timeout
-        ]
+        return [s for s in self.sessions if s.has_expired(now, idle_timeout)]

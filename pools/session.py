@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
-import functools
 import posixpath
 import socket
 import ssl
@@ -16,11 +14,12 @@ from typing import Any, TypeVar
 
 import aioftp
 import structlog
-from aioftp.common import SSLSessionBoundContext
 
-from app.registry import FtpConnection
+from models.connections import FtpConnection
 from models.errors import TransferIOError
 from pools import wire
+from pools.client import FtpClient, tls_context
+from pools.state import SessionLifecycle
 from pools.translate import (
     Phase,
     cleartext_on_implicit_port,
@@ -37,137 +36,7 @@ QUIT_TIMEOUT_SECONDS = 2.0
 T = TypeVar("T")
 
 
-@functools.lru_cache(maxsize=256)
-def tls_context(connection: FtpConnection) -> ssl.SSLContext | None:
-    """The TLS settings of ``connection`` (one context per connection, shared by its sessions)."""
-    if connection.tls == "none":
-        return None
-    cafile = str(connection.tls_ca_file) if connection.tls_ca_file else None
-    context = ssl.create_default_context(cafile=cafile)
-    if not connection.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-class _Client(aioftp.Client):
-    """aioftp's client with FTPS data connections opened the way servers expect them.
-
-    aioftp 0.28.3 wraps a data connection in TLS while opening it, before RETR/STOR is sent;
-    vsftpd and ProFTPD start their side of the handshake only after their 150 reply, so that
-    handshake would wait forever. Here a data connection opens as plain TCP and
-    :meth:`protect_data` upgrades it after the 150, resuming the control connection's TLS
-    session (vsftpd's ``require_ssl_reuse`` and ProFTPD's default refuse a data connection that
-    does not) and checking the certificate against ``server_name`` on both channels.
-    """
-
-    def __init__(self, *, server_name: str | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.server_name = server_name
-        # Whether the last protected data connection resumed the control connection's session.
-        self.data_session_reused: bool | None = None
-        self._data_writer: asyncio.StreamWriter | None = None
-
-    async def wait_closed(self) -> None:
-        """Wait until the control and the last data connection are closed (after close()).
-
-        A TLS transport closes only after its close_notify exchange; waiting for it releases
-        the sockets now rather than whenever the exchange ends (or the event loop does).
-        """
-        writers = [w for w in (self._data_writer, self._stream and self._stream.writer) if w]
-        for writer in writers:
-            writer.close()
-        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
-
-    async def _open_connection(
-        self, host: str, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        # Control connection: TLS from the first byte when implicit. Data connection: plain here.
-        context = self.ssl if self._stream is None else None
-        extra: dict[str, Any] = {}
-        if context:
-            extra["server_hostname"] = self.server_name or host
-        return await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context, **extra), self.connection_timeout
-        )
-
-    @property
-    def control_tls(self) -> ssl.SSLObject | None:
-        """The control connection's TLS state, or None while it is plain."""
-        stream = self._stream
-        if stream is None:
-            return None
-        tls: ssl.SSLObject | None = stream.writer.transport.get_extra_info("ssl_object")
-        return tls
-
-    async def upgrade_to_tls(self, sslcontext: ssl.SSLContext | None = None) -> None:
-        """AUTH TLS on the control connection, verified against ``server_name``."""
-        assert sslcontext is not None
-        await self.command("AUTH TLS", "234")
-        await self.stream.start_tls(sslcontext, self.server_name or self.server_host)
-
-    async def protect_data(self, writer: asyncio.StreamWriter) -> None:
-        """Upgrade an opened data connection to TLS, resuming the control connection's session."""
-        control = self.control_tls
-        if control is None:
-            return
-        context: ssl.SSLContext = control.context
-        if control.session is not None:  # None: no ticket yet, so nothing to resume
-            context = SSLSessionBoundContext(
-                ssl.PROTOCOL_TLS_CLIENT, context=control.context, session=control.session
-            )
-        await writer.start_tls(
-            context,
-            server_hostname=self.server_name or self.server_host,
-            ssl_handshake_timeout=self.socket_timeout,
-        )
-
-    @asynccontextmanager
-    async def data_stream(
-        self, command: str, reply_within: float | None = None
-    ) -> AsyncIterator[aioftp.DataConnectionThrottleStreamIO]:
-        """Open a passive data connection for ``command`` (RETR/STOR), protected when FTPS.
-
-        Like aioftp's ``download_stream``/``upload_stream``: a clean exit closes the data
-        connection and waits for the server's 2xx; an exception only closes it. Opening it
-        (EPSV, connect, the 1xx, TLS) and the final reply must each come within ``reply_within``.
-        """
-        self.data_session_reused = None
-        async with asyncio.timeout(reply_within):
-            reader, writer = await self.get_passive_connection("I")
-        self._data_writer = writer
-        try:
-            async with asyncio.timeout(reply_within):
-                await self.command(command, "1xx")
-                await self.protect_data(writer)
-            data_tls = writer.transport.get_extra_info("ssl_object")
-            if data_tls is not None:
-                self.data_session_reused = bool(data_tls.session_reused)
-        except BaseException:
-            writer.close()
-            raise
-        stream = aioftp.DataConnectionThrottleStreamIO(
-            self, reader, writer, throttles={"_": self.throttle}, timeout=self.socket_timeout
-        )
-        try:
-            yield stream
-        except BaseException:
-            stream.close()
-            raise
-        async with asyncio.timeout(reply_within):
-            await stream.finish()
-
-
-class SessionState(enum.Enum):
-    """The design document's state machine; a pool hands out IDLE sessions and closes ERROR ones."""
-
-    DISCONNECTED = "disconnected"
-    IDLE = "idle"
-    BUSY = "busy"
-    ERROR = "error"
-
-
-class FTPSession:
+class FTPSession(SessionLifecycle):
     """A single aioftp client. Any failed command leaves it in ERROR: it is closed, never reused."""
 
     def __init__(
@@ -180,15 +49,12 @@ class FTPSession:
         stall_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(clock())
         self.connection = connection
-        self.state = SessionState.DISCONNECTED
         self.block_size = block_size
         self.stall_timeout = stall_timeout
         self.size_supported = True
         self.replaced_by_delete = 0  # renames that had to delete an existing target first
-        self.created_at = clock()
-        self.last_used = self.created_at
-        self.uses = 0
         self._clock = clock
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
@@ -199,8 +65,8 @@ class FTPSession:
         # No timeouts inside aioftp: on Python 3.11 each of its timed calls (every line read or
         # written, every connect) runs in a task of its own through asyncio.wait_for, a quarter
         # of its CPU per small file. Each operation is bounded once instead (see _run and
-        # _Client.data_stream); a data connection by the stall timeout per block.
-        self._client = _Client(
+        # FtpClient.data_stream); a data connection by the stall timeout per block.
+        self._client = FtpClient(
             server_name=connection.tls_server_name,
             socket_timeout=None,
             connection_timeout=None,
@@ -216,18 +82,7 @@ class FTPSession:
     def where(self) -> str:
         return f"{self.connection.host}:{self.connection.port}"
 
-    # -- state questions the pool asks ---------------------------------------------------------
-    @property
-    def is_connected(self) -> bool:
-        return self.state in (SessionState.IDLE, SessionState.BUSY)
-
-    @property
-    def is_broken(self) -> bool:
-        return self.state is SessionState.ERROR
-
-    def idle_seconds(self, now: float) -> float:
-        return now - self.last_used
-
+    # -- the state question that needs the connection -----------------------------------------
     def looks_dead(self) -> bool:
         """True when the server already hung up on this idle session (seen without any I/O).
 
@@ -280,14 +135,14 @@ class FTPSession:
                     # Binary once per session, not before every transfer as aioftp does.
                     await self._control.command("TYPE I", "200")
         except BaseException as exc:
-            self.state = SessionState.ERROR
+            self.failed()
             self._client.close()
             if not isinstance(exc, asyncio.CancelledError):
                 with suppress(Exception):
                     async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
                         await self._client.wait_closed()
             raise
-        self.state = SessionState.IDLE
+        self.logged_in()
 
     async def noop(self) -> bool:
         """Ask the server whether the session is alive; a dead one is marked ERROR."""
@@ -299,12 +154,12 @@ class FTPSession:
 
     async def aclose(self) -> None:
         """Say QUIT (briefly) and close; never raises."""
-        if self.state is not SessionState.ERROR and self.state is not SessionState.DISCONNECTED:
+        if self.is_connected:
             with suppress(Exception):
                 async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
                     await self._client.quit()
         self._client.close()
-        self.state = SessionState.DISCONNECTED
+        self.closed()
         with suppress(Exception):
             async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
                 await self._client.wait_closed()
@@ -530,6 +385,6 @@ class FTPSession:
         except BaseException:
             # aioftp leaves the control channel desynchronised after a failed stream body
             # (a stale 426 waits for the next command), so a failed session is never reused.
-            self.state = SessionState.ERROR
+            self.failed()
             self._client.close()
             raise

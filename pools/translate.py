@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import re
 import socket
 import ssl
@@ -152,19 +151,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
-
-
-@contextmanager
-def local_errors(phase: Literal["source", "destination"], path: str) -> Iterator[None]:
-    """Translate local file-system errors for the file at ``path`` (as the task named it)."""
-    try:
-        yield
-    except FtpPoolerError:
-        raise
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        if exc.errno == errno.ENOENT and phase == "source":
-            raise FileNotFound(f"local source not found: {path}") from None
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
-            raise TransferIOError(f"local {phase} {path}: {reason}", retryable=False) from None
-        raise TransferIOError(f"local {phase} {path}: {reason}") from None

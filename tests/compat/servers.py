@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from app.registry import FtpConnection
+from models.connections import FtpConnection
 
 REPO = Path(__file__).resolve().parents[2]
 DEBS = REPO / ".cache" / "ftp-servers" / "root"

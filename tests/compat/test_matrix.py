@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agents.transfer import TransferRunner
-from app.registry import LocalConnection, Registry
+from agents.transfer.runner import TransferRunner
+from models.connections import LocalConnection, Registry
 from models.result import TransferResult
 from models.task import TransferTask
 from pools import session as session_module

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.registry import Registry, load_registry
 from app.settings import CONFIG_ENV, CONNECTIONS_ENV, ENV_PREFIX, Settings, load_settings
+from models.connections import Registry, load_registry
 from tests.deploy import kustomize
 from tests.deploy.kustomize import Manifest
 from tests.deploy.workload import container, file_from_volume, find, mount_at, resolve_env

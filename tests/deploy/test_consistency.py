@@ -11,8 +11,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from app.registry import FtpConnection, LocalConnection
 from app.settings import CONFIG_ENV, CONNECTIONS_ENV
+from models.connections import FtpConnection, LocalConnection
 from tests.deploy.conftest import REPO, STATEFULSET, WORKER_CONTAINER, Worker
 from tests.deploy.kustomize import Manifest
 from tests.deploy.routes import route_status

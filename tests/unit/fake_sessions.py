@@ -5,41 +5,30 @@ from __future__ import annotations
 import asyncio
 
 from models.errors import ConnectionFailed, ServerBusy
-from pools.session import SessionState
+from pools.state import SessionLifecycle
 
 
-class FakeSession:
+class FakeSession(SessionLifecycle):
     """Connects after ``connect_delay``; fails to connect or NOOP when told to."""
 
     def __init__(self, server: FakeServer) -> None:
+        super().__init__(0.0)
         self.server = server
-        self.state = SessionState.DISCONNECTED
-        self.last_used = 0.0
-        self.uses = 0
-        self.closed = False
         self.connected = False
-
-    @property
-    def is_connected(self) -> bool:
-        return self.state in (SessionState.IDLE, SessionState.BUSY)
-
-    @property
-    def is_broken(self) -> bool:
-        return self.state is SessionState.ERROR
 
     async def connect(self) -> None:
         await asyncio.sleep(self.server.connect_delay)
         if self.server.refuse_connect:
-            self.state = SessionState.ERROR
+            self.failed()
             raise ConnectionFailed("refused")
         limit = self.server.accept_at_most
         if limit is not None and self.server.live >= limit:
-            self.state = SessionState.ERROR
+            self.failed()
             raise ServerBusy("421 too many connections")
         self.server.live += 1
         self.connected = True
         self.server.max_live = max(self.server.max_live, self.server.live)
-        self.state = SessionState.IDLE
+        self.logged_in()
 
     async def noop(self) -> bool:
         return not self.server.stale
@@ -51,8 +40,7 @@ class FakeSession:
         if self.connected:
             self.connected = False
             self.server.live -= 1
-        self.closed = True
-        self.state = SessionState.DISCONNECTED
+        self.closed()
 
 
 class FakeServer:

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from app.logs import config_summary
 from app.main import create_app
 from app.metrics import ConsumerLagCollector
-from app.registry import FtpConnection, LocalConnection, Registry
 from app.settings import Settings
+from models.connections import FtpConnection, LocalConnection, Registry
 from models.result import TransferResult
 from models.task import TransferTask
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from agents.local_files import AtomicFile, HashingReader, jail
+from agents.transfer.local_files import AtomicFile, HashingReader, jail
 from models.errors import InvalidTask, TransferIOError
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from models.errors import ConnectionFailed, Deferred, PoolTimeout
 from pools.manager import SessionPoolManager
-from pools.session import SessionState
+from pools.state import SessionState
 from tests.unit.fake_sessions import FakeServer
 
 
@@ -50,7 +50,7 @@ async def test_sessions_are_not_reused_when_reuse_is_off():
         async with manager.session("a"):
             pass
     assert len(server.sessions) == 3
-    assert all(s.state is SessionState.DISCONNECTED for s in server.sessions)
+    assert all(s.state is SessionState.CLOSED for s in server.sessions)
     assert pool.open == 0
     assert manager.closed_total[("a", "released")] == 3
 
@@ -145,9 +145,9 @@ async def test_failed_session_is_closed_not_reused():
     manager.add_pool("a", 10, server.factory)
     with pytest.raises(RuntimeError):
         async with manager.session("a") as session:
-            session.state = SessionState.ERROR
+            session.failed()
             raise RuntimeError("transfer failed")
-    assert server.sessions[0].closed
+    assert server.sessions[0].is_closed
     async with manager.session("a") as again:
         assert again is not server.sessions[0]
     assert server.live == 1
@@ -167,7 +167,7 @@ async def test_worker_cap_evicts_least_recently_used_idle_session_of_another_con
         pass
     async with manager.session("c"):
         assert manager.open_total == 2
-    assert a.sessions[0].closed and not b.sessions[0].closed
+    assert a.sessions[0].is_closed and not b.sessions[0].is_closed
     assert manager.closed_total[("a", "evicted")] == 1
 
 
@@ -182,7 +182,7 @@ async def test_stale_idle_session_is_replaced_transparently():
     await asyncio.sleep(0.02)
     async with manager.session("a") as session:
         assert session is server.sessions[1]
-    assert server.sessions[0].closed
+    assert server.sessions[0].is_closed
 
 
 async def test_connect_failure_frees_the_slot():
@@ -345,7 +345,7 @@ async def test_randomized_interleavings_keep_caps_fifo_and_leak_nothing(seed):
                 check()
                 await asyncio.sleep(hold)
                 if fail:
-                    session.state = SessionState.ERROR
+                    session.failed()
                     raise RuntimeError("transfer failed")
         except RuntimeError:
             pass

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from app.registry import FtpConnection, LocalConnection, load_registry
+from models.connections import FtpConnection, LocalConnection, load_registry
 from models.errors import ConfigError, InvalidConfig
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
-from app.submit import (
+from app.cli.submit import (
     InputError,
     Outcomes,
     human_bytes,

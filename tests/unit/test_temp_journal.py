@@ -1,6 +1,6 @@
 """The temp-file journal finds what a crash left behind, and stays small."""
 
-from agents.temp_journal import TempFile, TempJournal
+from agents.transfer.temp_journal import TempFile, TempJournal
 
 
 def test_leftovers_of_a_crashed_run_are_found_and_removed(tmp_path):

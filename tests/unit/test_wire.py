@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager, suppress
 import aioftp
 import pytest
 
-from app.registry import FtpConnection
+from models.connections import FtpConnection
 from models.errors import TransferIOError
 from pools import wire
 from pools.session import FTPSession

@@ -13,9 +13,9 @@ from typing import Any
 
 import structlog
 
-from agents.local_files import AtomicFile, HashingReader, jail, temp_name
-from agents.temp_journal import TempFile, TempJournal
-from app.registry import FtpConnection, LocalConnection, Registry
+from agents.transfer.local_files import AtomicFile, HashingReader, jail, temp_name
+from agents.transfer.temp_journal import TempFile, TempJournal
+from models.connections import FtpConnection, LocalConnection, Registry
 from models.errors import (
     Deferred,
     FtpPoolerError,

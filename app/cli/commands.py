@@ -23,8 +23,8 @@ from faust.cli.worker import worker as faust_worker
 from rich.console import Console
 from rich.table import Table
 
-from app import probe as probing
-from app import submit as submitting
+from app.cli import probe as probing
+from app.cli import submit as submitting
 
 if TYPE_CHECKING:
     from app.main import FtpPoolerApp

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Literal, TypeVar
 
-from agents.temp_journal import TempFile, TempJournal
-from models.errors import InvalidTask
-from pools.translate import local_errors
+from agents.transfer.temp_journal import TempFile, TempJournal
+from models.errors import FileNotFound, FtpPoolerError, InvalidTask, TransferIOError
 
 TEMP_SUFFIX = ".ftp-pooler.part"
 LOCAL_IO_THREADS = 2
@@ -203,3 +204,19 @@ class HashingReader:
         if len(block) < self.block_size:  # a regular file reads short only at its end
             handle.close()
         return block
+
+
+@contextmanager
+def local_errors(phase: Literal["source", "destination"], path: str) -> Iterator[None]:
+    """Translate local file-system errors for the file at ``path`` (as the task named it)."""
+    try:
+        yield
+    except FtpPoolerError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno == errno.ENOENT and phase == "source":
+            raise FileNotFound(f"local source not found: {path}") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
+            raise TransferIOError(f"local {phase} {path}: {reason}", retryable=False) from None
+        raise TransferIOError(f"local {phase} {path}: {reason}") from None

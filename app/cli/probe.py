@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from app.registry import Connection, FtpConnection, LocalConnection
+from models.connections import Connection, FtpConnection, LocalConnection
 from models.errors import FtpPoolerError
 from pools.session import FTPSession
 

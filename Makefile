@@ -51,6 +51,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m scripts.layers
 
 # Larger delivery runs than `make test` (10x the crash-safety tasks), on their own broker.
 SOAK_KAFKA_PORT ?= 19992

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+import mode
 import structlog
 
 log = structlog.get_logger("ftp_pooler.session_reports")
@@ -22,37 +23,37 @@ TABLE_NAME = "session_counts"
 PURGE_AFTER_PERIODS = 10
 
 
-class FleetSessions:
-    """Reports this worker's pools and reads everyone's from the table."""
+class FleetSessions(mode.Service):
+    """Reports this worker's pools (a service task, every ``interval`` seconds) and reads
+    everyone's from the table; :meth:`record` is the body of the agent that writes it."""
 
     def __init__(
         self,
-        app: faust.App,
+        topic: Any,
+        table: Any,
         *,
         worker_id: str,
         interval: float,
         snapshot: Callable[[], dict[str, Any]],
         clock: Callable[[], float] = time.time,
+        **kwargs: Any,
     ) -> None:
+        """``topic``: the one-partition report topic; ``table``: the GlobalTable keyed
+        "<connection>|<worker>" (see :func:`declare`)."""
+        super().__init__(**kwargs)
+        self.topic = topic
+        self.table = table
         self.worker_id = worker_id
         self.interval = interval
         self._snapshot = snapshot
         self._clock = clock
-        group = app.conf.id
-        self.topic = app.topic(
-            f"{group}-session-reports",
-            partitions=1,
-            internal=True,
-            key_type=str,
-            key_serializer="raw",
-            value_serializer="json",
-        )
-        # Keys "<connection>|<worker>"; values are JSON objects (the app's default serializers).
-        self.table = app.GlobalTable(
-            TABLE_NAME, default=None, partitions=1, recovery_buffer_size=1, key_type=str
-        )
-        app.agent(self.topic, name="session_reports", concurrency=1)(self._record)
-        app.timer(interval)(self.report)
+
+    @mode.Service.task
+    async def _reporting(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            if not self.should_stop:
+                await self.report()
 
     async def report(self) -> None:
         """Send this worker's counts (timer; also usable directly)."""
@@ -63,7 +64,8 @@ class FleetSessions:
         except Exception as exc:  # a missed report only ages this worker's entry
             log.warning("session_report_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _record(self, stream: Any) -> None:
+    async def record(self, stream: Any) -> None:
+        """The agent on the report topic: write each report into the table."""
         async for report in stream:
             try:
                 self._write(report)
@@ -116,3 +118,20 @@ def _sum(rows: Any) -> dict[str, int]:
         for name in _FIELDS:
             total[name] += row[name]
     return total
+
+
+def declare(app: faust.App) -> tuple[Any, Any]:
+    """The report topic and the session table of ``app``'s group."""
+    topic = app.topic(
+        f"{app.conf.id}-session-reports",
+        partitions=1,
+        internal=True,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="json",
+    )
+    # Keys "<connection>|<worker>"; values are JSON objects (the app's default serializers).
+    table = app.GlobalTable(
+        TABLE_NAME, default=None, partitions=1, recovery_buffer_size=1, key_type=str
+    )
+    return topic, table

@@ -17,7 +17,7 @@ import structlog
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
 from agents.retries import RetryEntry, RetryPolicy, RetryQueue
-from agents.task_status import NoStatus, StatusRecorder
+from agents.status_sender import NoStatus, StatusRecorder
 from agents.transfer.runner import TransferRunner, utc_now
 from models.errors import Deferred, FtpPoolerError, InvalidTask, UnknownError
 from models.result import Status, TransferResult, raw_value_text
@@ -99,7 +99,7 @@ class TaskHandler:
         with structlog.contextvars.bound_contextvars(
             task_id=task.task_id, src_id=task.src_id, dst_id=task.dst_id
         ):
-            await self.status.started(task, attempt)
+            await self.status.attempt_started(task, attempt)
             try:
                 result = await self.runner.run(task, attempt)
             except Deferred as exc:

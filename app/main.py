@@ -15,17 +15,26 @@ import structlog
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
+from agents import faust_door, session_reports
+from agents.faust_door import BoundedWaitEmpty
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
 from agents.retries import RetryPolicy, RetryQueue
 from agents.session_reports import FleetSessions
-from agents.task_status import TaskStatuses
+from agents.status_sender import StatusSender
+from agents.status_table import TABLE_NAME as STATUS_TABLE
+from agents.status_table import StatusTable
 from agents.tasks import TaskHandler, register_agent
 from agents.transfer.runner import TransferRunner
-from agents.transfer.temp_journal import TempJournal
-from app.cli.commands import register_commands
+from agents.transfer.temp_journal import WorkerJournal
 from app.logs import config_summary, configure_logging
-from app.metrics import ConsumerLagCollector, MetricsServer, StateCollector, TransferMetrics
+from app.metrics import (
+    ConsumerLagCollector,
+    MetricsServer,
+    StateCollector,
+    TransferMetrics,
+    consumer_lag,
+)
 from app.openapi import openapi_document
 from app.settings import ApiSettings, Settings, TransferSettings, load_settings
 from app.task_api import TaskSubmitter, register_task_views
@@ -40,26 +49,121 @@ log = structlog.get_logger("ftp_pooler.worker")
 VERSION = "0.1.0"
 
 
-class FtpPoolerApp(faust.App):
-    """A Faust app that bounds its own shutdown: in-flight transfers get a grace period, no more."""
+class FtpPoolerApp(BoundedWaitEmpty, faust.App):
+    """The worker: a Faust app whose constructor builds every part from settings and registry.
 
-    settings: Settings
-    registry: Registry
-    pools: SessionPoolManager[FTPSession]
-    session_factories: dict[str, Callable[[], FTPSession]]
-    in_flight: InFlight
-    retry_in_flight: InFlight
-    handler: TaskHandler
-    runner: TransferRunner
-    metrics_server: MetricsServer
-    fleet: FleetSessions
-    statuses: TaskStatuses
-    journal: TempJournal | None = None
-    internal_topics: list[Any]
-    _joined: bool = False
-    _stopping: bool = False
-    _started_at: float = 0.0
+    The parts are :class:`mode.Service`s started and stopped with the app: the session pools and
+    the metrics server before Faust's own services (and stopped after them), the status sender
+    after them (so it stops first, flushing while the producer still runs), and the status
+    table's purge and the fleet reports once table recovery is done (as Faust's timers would).
+    Its shutdown is bounded: in-flight transfers get a grace period, no more.
+    """
 
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        kafka, api, pool, worker = settings.kafka, settings.api, settings.pool, settings.worker
+        web_host = reachable_host(api)
+        super().__init__(kafka.consumer_group, **faust_options(settings, web_host))
+        self.settings = settings
+        self.registry = registry
+        self._joined = False
+        self._stopping = False
+        self._started_at = 0.0
+
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = TransferMetrics(self.metrics_registry)
+        self.session_factories: dict[str, Callable[[], FTPSession]] = {
+            c.id: session_factory(c, settings.transfer) for c in registry.ftp_connections()
+        }
+        self.pools = session_pools(settings, registry, self.session_factories, self.metrics)
+        self.in_flight = InFlight(worker.max_in_flight)
+        self.retry_in_flight = InFlight(settings.retry.max_pending)
+        self.journal = WorkerJournal(worker.data_dir / "temp-files.journal")
+        self.runner = TransferRunner(
+            registry,
+            self.pools,
+            journal=self.journal,
+            worker_id=worker.id,
+            block_size=settings.transfer.block_size,
+            max_duration=settings.transfer.max_duration_seconds,
+            verify_size=settings.transfer.verify_size,
+        )
+
+        # Topics and tables.
+        self.input_topic = raw_topic(self, kafka.input_topic)
+        retry_topic = raw_topic(
+            self,
+            f"{kafka.consumer_group}-retries",
+            internal=True,
+            partitions=kafka.topic_partitions,
+        )
+        status_topic, status_table = declare_status(self)
+        report_topic, session_table = session_reports.declare(self)
+        self.internal_topics = (retry_topic, status_topic, report_topic)
+
+        self.statuses = StatusTable(
+            status_topic,
+            status_table,
+            partitions=kafka.topic_partitions,
+            retention_seconds=api.task_retention_hours * 3600,
+            consumer=lambda: self.consumer,
+            owned_partitions=self.owned_status_partitions,
+        )
+        self.status_sender = StatusSender(
+            status_topic, self.statuses.partition_of, worker_id=worker.id
+        )
+        self.fleet = FleetSessions(
+            report_topic,
+            session_table,
+            worker_id=worker.id,
+            interval=pool.report_interval_seconds,
+            snapshot=self.pools.snapshot,
+        )
+        retry = settings.retry
+        policy = RetryPolicy(
+            retry.max_attempts, retry.backoff_initial_seconds, retry.backoff_max_seconds
+        )
+        self.handler = TaskHandler(
+            self.runner,
+            ResultPublisher(raw_topic(self, kafka.result_topic), raw_topic(self, kafka.fail_topic)),
+            RetryQueue(retry_topic, policy),
+            policy,
+            worker_id=worker.id,
+            on_final=self.metrics.observe,
+            on_retry=self.metrics.observe_retry,
+            status=self.status_sender,
+        )
+
+        # Agents: the two task agents, and the two that write the tables.
+        register_agent(
+            self, self.input_topic, "transfer_tasks", self.in_flight, self.handler.handle_task
+        )
+        register_agent(
+            self, retry_topic, "retry_tasks", self.retry_in_flight, self.handler.handle_retry
+        )
+        self.agent(status_topic, name="task_status", concurrency=1)(self.statuses.record)
+        self.agent(report_topic, name="session_reports", concurrency=1)(self.fleet.record)
+
+        # Metrics: ours, then Faust's own sensors (messages, events, commits, rebalances, web
+        # requests) into the same registry, served on metrics.port and at /metrics on the API.
+        self.metrics_registry.register(StateCollector(self.pools, self.in_flight.count_running))
+        self.metrics_registry.register(ConsumerLagCollector(self.consumer_lag))
+        setup_prometheus_sensors(
+            self, registry=self.metrics_registry, name_prefix="ftp_pooler_faust"
+        )
+        self.metrics_server = MetricsServer(self.metrics_registry, api.host, settings.metrics.port)
+
+        # HTTP API.
+        register_views(self, self)
+        submitter = TaskSubmitter(self.status_sender, self.send_task, api.produce_timeout_seconds)
+        register_task_views(self, self, api, self.statuses, submitter)
+
+    # -- what the views and metrics read ----------------------------------------------------------
     @property
     def worker_id(self) -> str:
         return self.settings.worker.id
@@ -68,7 +172,7 @@ class FtpPoolerApp(faust.App):
         return self._joined and not self._stopping and not self.should_stop
 
     def status(self) -> dict[str, Any]:
-        assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in (self._assignment or ()))
+        assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in faust_door.assignment(self))
         try:
             fleet = self.fleet.fleet()
         except Exception:  # the session table is not open yet (still starting)
@@ -84,31 +188,32 @@ class FtpPoolerApp(faust.App):
             "retries_waiting": self.retry_in_flight.running,
             "pools": self.pools.snapshot(),
             "fleet": fleet,
-            "task_status": self.statuses.snapshot(),
+            "task_status": {
+                **self.statuses.snapshot(),
+                "send_failures_total": self.status_sender.send_failures_total,
+            },
         }
+
+    def owned_status_partitions(self) -> list[int]:
+        """The status table partitions this worker is the active owner of."""
+        changelog = self.statuses.table.changelog_topic.get_topic_name()
+        actives = self.assignor.assigned_actives()
+        return sorted(tp.partition for tp in actives if tp.topic == changelog)
 
     def consumer_lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition of the task topics: highwater minus the committed offset.
 
         Called from the metrics server's thread: it only reads the consumer's bookkeeping.
         """
-        consumer = self._consumer
-        topics = {self.settings.kafka.input_topic, self.handler.retries.topic.get_topic_name()}
-        if consumer is None or not self._assignment:
+        consumer = faust_door.started_consumer(self)
+        if consumer is None:
             return {}
-        lag: dict[tuple[str, int], int] = {}
-        for tp in list(self._assignment):
-            if tp.topic not in topics:
-                continue
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # not fetched yet, or revoked meanwhile
-                continue
-            if highwater is None:
-                continue
-            committed = getattr(consumer, "_committed_offset", {}).get(tp) or 0
-            lag[(tp.topic, tp.partition)] = max(0, highwater - committed)
-        return lag
+        return consumer_lag(
+            faust_door.assignment(self),
+            {self.settings.kafka.input_topic, self.internal_topics[0].get_topic_name()},
+            consumer.highwater,
+            lambda tp: faust_door.committed_offset(consumer, tp),
+        )
 
     def openapi(self) -> dict[str, Any]:
         api = self.settings.api
@@ -118,17 +223,52 @@ class FtpPoolerApp(faust.App):
             token_required=api.token is not None,
         )
 
+    async def send_task(self, key: bytes, value: bytes) -> Any:
+        """Produce one task to the input topic (``POST /tasks``); returns the delivery future."""
+        return await self.input_topic.send(key=key, value=value)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def on_init_dependencies(self) -> Any:
+        # Pools start before the agents that use them and, stopping in reverse, close after
+        # them; the status sender stops before the producer, so its last flush still goes out.
+        return [
+            self.pools,
+            self.metrics_server,
+            *super().on_init_dependencies(),
+            self.status_sender,
+        ]
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
         await self._declare_internal_topics()
-        # Only a worker touches the temp-file journal: a CLI command building this app in the
-        # same data directory (kubectl exec) must not remove a running worker's temporaries.
         self._started_at = time.monotonic()
-        self.journal = TempJournal(self.settings.worker.data_dir / "temp-files.journal")
-        removed = self.journal.remove_local_leftovers()
+        # Only a worker opens the temp-file journal (see WorkerJournal).
+        removed = self.journal.open().remove_local_leftovers()
         if removed:
             log.warning("temp_files_removed", count=removed, reason="left by a previous run")
-        self.runner.journal = self.journal
+
+    async def on_started_init_extra_services(self) -> None:
+        await super().on_started_init_extra_services()
+        # After table recovery, like Faust's timers: the purge and the reports use the tables.
+        for service in (self.statuses, self.fleet):
+            await self.add_runtime_dependency(service)
+        log.info(
+            "worker_started",
+            worker=self.worker_id,
+            version=VERSION,
+            config=config_summary(self.settings, self.registry),
+        )
+        self.add_future(self._remove_remote_leftovers())
+
+    async def _remove_remote_leftovers(self) -> None:
+        for entry in self.journal.remote_leftovers():
+            if entry.conn_id in self.pools.pools and await self.runner.remove_remote(entry):
+                log.warning(
+                    "temp_files_removed",
+                    count=1,
+                    connection=entry.conn_id,
+                    reason="left by a previous run",
+                )
 
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()
@@ -149,8 +289,7 @@ class FtpPoolerApp(faust.App):
         # same way) and creates what is missing.
         for topic in topics:
             await topic.declare()
-        producer: Any = self.producer  # Faust's aiokafka driver
-        client = producer._ensure_producer()
+        client = faust_door.raw_producer(self)
         try:
             # This also gives the producer the changelogs' metadata, which table_route needs
             # to hash a key to its partition on a worker that never wrote to the table.
@@ -175,14 +314,10 @@ class FtpPoolerApp(faust.App):
                 uptime_seconds=round(time.monotonic() - self._started_at, 1),
             )
 
-    def on_init_dependencies(self) -> Any:
-        # Pools start before the agents that use them and, stopping in reverse, close after them.
-        return [self.pools, self.metrics_server, *super().on_init_dependencies()]
-
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        # Faust's own wait has no timeout (it would wait for a stuck transfer forever). Wait for
-        # in-flight tasks within the grace period, abandon the rest (their offsets stay
-        # uncommitted, so they are redelivered), then commit what finished.
+    async def wait_for_in_flight(self, consumer: Any) -> None:
+        """On shutdown or rebalance (Faust's own wait has no timeout: it would wait for a stuck
+        transfer forever): wait for in-flight tasks within the grace period, abandon the rest
+        (their offsets stay uncommitted, so they are redelivered), then commit what finished."""
         grace = self.settings.worker.shutdown_grace_seconds
         self.handler.releasing.set()
         try:
@@ -194,39 +329,42 @@ class FtpPoolerApp(faust.App):
                 self.handler.releasing.clear()  # a rebalance, not a shutdown: carry on
         if drained[0]:
             log.warning("tasks_abandoned", count=drained[0], grace_seconds=grace)
-        await self.statuses.flush()  # the finished tasks' queued status changes
+        await self.status_sender.flush()  # the finished tasks' queued status changes
         await consumer.commit()
 
 
-def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
-    """Build a ready-to-run worker app from validated settings and registry."""
-    kafka = settings.kafka
-    web_host = reachable_host(settings.api)
-    app = FtpPoolerApp(
-        kafka.consumer_group,
-        broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
-        store="rocksdb://",
-        autodiscover=False,
-        datadir=str(settings.worker.data_dir),
-        web_enabled=True,
-        web_port=settings.api.port,
-        web_bind=settings.api.host,
-        web_host=web_host,
+def faust_options(settings: Settings, web_host: str) -> dict[str, Any]:
+    """Faust's settings, all from ours."""
+    kafka, api = settings.kafka, settings.api
+    return {
+        "broker": [f"kafka://{server}" for server in kafka.bootstrap_servers],
+        "store": "rocksdb://",
+        "autodiscover": False,
+        "datadir": str(settings.worker.data_dir),
+        "web_enabled": True,
+        "web_port": api.port,
+        "web_bind": api.host,
+        "web_host": web_host,
         # Where the other workers forward a request for a table key this worker owns.
-        canonical_url=f"http://{web_host}:{settings.api.port}",
-        broker_commit_interval=kafka.commit_interval_seconds,
-        broker_session_timeout=kafka.session_timeout_seconds,
-        broker_heartbeat_interval=kafka.heartbeat_interval_seconds,
-        stream_wait_empty=False,
-        stream_buffer_maxsize=max(16, settings.worker.max_in_flight),
-        topic_partitions=kafka.topic_partitions,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-    )
-    app.settings = settings
-    app.registry = registry
-    metrics_registry = CollectorRegistry()
-    metrics = TransferMetrics(metrics_registry)
+        "canonical_url": f"http://{web_host}:{api.port}",
+        "broker_commit_interval": kafka.commit_interval_seconds,
+        "broker_session_timeout": kafka.session_timeout_seconds,
+        "broker_heartbeat_interval": kafka.heartbeat_interval_seconds,
+        "stream_wait_empty": False,
+        "stream_buffer_maxsize": max(16, settings.worker.max_in_flight),
+        "topic_partitions": kafka.topic_partitions,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+    }
+
+
+def session_pools(
+    settings: Settings,
+    registry: Registry,
+    factories: dict[str, Callable[[], FTPSession]],
+    metrics: TransferMetrics,
+) -> SessionPoolManager[FTPSession]:
+    """One pool per FTP connection, under the worker's cap."""
     pool = settings.pool
     pools: SessionPoolManager[FTPSession] = SessionPoolManager(
         max_sessions_per_pod=pool.max_sessions_per_pod,
@@ -242,108 +380,38 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         max_expected_wait=pool.max_expected_wait_seconds,
         observe_wait=metrics.observe_wait,
     )
-    transfer = settings.transfer
-    app.session_factories = {}
     for connection in registry.ftp_connections():
         cap = connection.max_sessions or pool.max_sessions_per_connection
-        factory = session_factory(connection, transfer)
-        app.session_factories[connection.id] = factory
-        pools.add_pool(connection.id, cap, factory)
-    app.pools = pools
-    app.in_flight = InFlight(settings.worker.max_in_flight)
-    app.retry_in_flight = InFlight(settings.retry.max_pending)
+        pools.add_pool(connection.id, cap, factories[connection.id])
+    return pools
 
-    metrics_registry.register(StateCollector(pools, app.in_flight.count_running))
-    metrics_registry.register(ConsumerLagCollector(app.consumer_lag))
-    # Faust's own sensors (messages, events, commits, rebalances, web requests) into the same
-    # registry: served on metrics.port with ours, and at /metrics on the API port.
-    setup_prometheus_sensors(app, registry=metrics_registry, name_prefix="ftp_pooler_faust")
-    app.metrics_server = MetricsServer(metrics_registry, settings.api.host, settings.metrics.port)
 
-    runner = TransferRunner(
-        registry,
-        pools,
-        journal=None,  # opened when the worker starts (FtpPoolerApp.on_first_start)
-        worker_id=settings.worker.id,
-        block_size=transfer.block_size,
-        max_duration=transfer.max_duration_seconds,
-        verify_size=transfer.verify_size,
+def declare_status(app: faust.App) -> tuple[Any, Any]:
+    """The status topic and table. Keys are serialized exactly as the table serializes a str
+    key (JSON), so the producer's hash of a task_id gives the same partition in the topic, in
+    the changelog, and in table_route."""
+    partitions = app.conf.topic_partitions
+    topic = app.topic(
+        f"{app.conf.id}-task-status",
+        partitions=partitions,
+        internal=True,
+        key_type=str,
+        key_serializer="json",
+        value_serializer="json",
     )
-    publisher = ResultPublisher(
-        raw_topic(app, kafka.result_topic), raw_topic(app, kafka.fail_topic)
+    table = app.Table(
+        STATUS_TABLE,
+        default=None,
+        partitions=partitions,
+        key_type=str,
+        help="Latest state of each task, by task_id.",
     )
-    retry = settings.retry
-    policy = RetryPolicy(
-        retry.max_attempts, retry.backoff_initial_seconds, retry.backoff_max_seconds
-    )
-    retry_topic = raw_topic(
-        app, f"{kafka.consumer_group}-retries", internal=True, partitions=kafka.topic_partitions
-    )
-    app.runner = runner
-    app.statuses = TaskStatuses(
-        app,
-        retention_seconds=settings.api.task_retention_hours * 3600,
-        worker_id=settings.worker.id,
-    )
-    app.handler = TaskHandler(
-        runner,
-        publisher,
-        RetryQueue(retry_topic, policy),
-        policy,
-        worker_id=settings.worker.id,
-        on_final=metrics.observe,
-        on_retry=metrics.observe_retry,
-        status=app.statuses,
-    )
-    register_agent(
-        app,
-        raw_topic(app, kafka.input_topic),
-        "transfer_tasks",
-        app.in_flight,
-        app.handler.handle_task,
-    )
-    register_agent(app, retry_topic, "retry_tasks", app.retry_in_flight, app.handler.handle_retry)
-    app.fleet = FleetSessions(
-        app,
-        worker_id=settings.worker.id,
-        interval=settings.pool.report_interval_seconds,
-        snapshot=pools.snapshot,
-    )
-    app.internal_topics = [retry_topic, app.statuses.topic, app.fleet.topic]
-    register_views(app)
-    input_topic = raw_topic(app, kafka.input_topic)
+    return topic, table
 
-    async def send_task(key: bytes, value: bytes) -> Any:
-        return await input_topic.send(key=key, value=value)
 
-    submitter = TaskSubmitter(app.statuses, send_task, settings.api.produce_timeout_seconds)
-    register_task_views(app, app.statuses, submitter)
-    register_commands(app)
-
-    @app.task
-    async def _remove_remote_leftovers() -> None:
-        journal = app.journal
-        if journal is None:
-            return
-        for entry in journal.remote_leftovers():
-            if entry.conn_id in pools.pools and await runner.remove_remote(entry):
-                log.warning(
-                    "temp_files_removed",
-                    count=1,
-                    connection=entry.conn_id,
-                    reason="left by a previous run",
-                )
-
-    @app.task
-    async def _announce() -> None:
-        log.info(
-            "worker_started",
-            worker=settings.worker.id,
-            version=VERSION,
-            config=config_summary(settings, registry),
-        )
-
-    return app
+def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
+    """Build a ready-to-run worker app from validated settings and registry."""
+    return FtpPoolerApp(settings, registry)
 
 
 def freeze_startup_objects() -> int:

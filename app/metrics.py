@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import mode
@@ -114,6 +114,27 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "ftp_pooler_tasks_in_flight", "Tasks being transferred now.", value=self._in_flight()
         )
+
+
+def consumer_lag(
+    assigned: Iterable[Any],
+    topics: set[str],
+    highwater: Callable[[Any], int | None],
+    committed: Callable[[Any], int | None],
+) -> dict[tuple[str, int], int]:
+    """Per assigned partition of ``topics``: highwater minus the committed offset (partitions
+    not fetched yet, or revoked meanwhile, are left out)."""
+    lag: dict[tuple[str, int], int] = {}
+    for tp in assigned:
+        if tp.topic not in topics:
+            continue
+        try:
+            end = highwater(tp)
+        except Exception:  # not fetched yet, or revoked meanwhile
+            continue
+        if end is not None:
+            lag[(tp.topic, tp.partition)] = max(0, end - (committed(tp) or 0))
+    return lag
 
 
 class ConsumerLagCollector(Collector):

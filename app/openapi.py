@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.task_status import STATES
-from models.task import MAX_ID_CHARS, MAX_PATH_CHARS
+from models.status import TaskState
+from models.task import MAX_ID_CHARS, task_json_schema
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -23,7 +23,6 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _schemas() -> dict[str, Any]:
-    path = _string(MAX_PATH_CHARS, pattern="^[^\\x00]*$", description="No NUL character.")
     count = {"type": "integer", "minimum": 0}
     pool_counts = {
         name: count for name in ("open", "busy", "idle", "connecting", "waiting", "max_sessions")
@@ -34,18 +33,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["error"],
             "properties": {"error": {"type": "string"}},
         },
-        "Task": {
-            "type": "object",
-            "description": "One file to move. Unknown extra fields are ignored.",
-            "required": ["task_id", "src_id", "src_path", "dst_id", "dst_path"],
-            "properties": {
-                "task_id": _string(MAX_ID_CHARS),
-                "src_id": _string(MAX_ID_CHARS, description="A connection id."),
-                "src_path": path,
-                "dst_id": _string(MAX_ID_CHARS, description="A connection id."),
-                "dst_path": path,
-            },
-        },
+        "Task": task_json_schema(),
         "Accepted": {
             "type": "object",
             "required": ["accepted", "task_ids"],
@@ -83,7 +71,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["task_id", "state", "updated_at", "answered_by"],
             "properties": {
                 "task_id": {"type": "string"},
-                "state": {"type": "string", "enum": list(STATES)},
+                "state": {"type": "string", "enum": [state.value for state in TaskState]},
                 "attempts": count,
                 "worker": {"type": "string"},
                 "src_id": {"type": "string"},

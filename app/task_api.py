@@ -6,20 +6,21 @@ import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+import faust
 import pydantic
 import structlog
 from aiohttp import web
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
-from agents.task_status import TaskStatuses
+from agents.status_sender import StatusSender
+from agents.status_table import StatusTable
+from app.settings import ApiSettings
+from app.web import Worker
 from models.errors import InvalidTask
-from models.task import TransferTask, _TaskSchema, parse_task
-
-if TYPE_CHECKING:
-    from app.main import FtpPoolerApp
+from models.task import TaskSchema, TransferTask, parse_task
 
 log = structlog.get_logger("ftp_pooler.api")
 
@@ -116,7 +117,7 @@ def validate_tasks(body: bytes) -> list[tuple[TransferTask, bytes]]:
 def field_errors(raw: bytes) -> dict[str, str]:
     """Per field, what is wrong (the schema parse_task validates with)."""
     try:
-        _TaskSchema.model_validate_json(raw)
+        TaskSchema.model_validate_json(raw)
     except pydantic.ValidationError as exc:
         return {
             ".".join(str(part) for part in error["loc"]) or "value": error["msg"]
@@ -128,7 +129,7 @@ def field_errors(raw: bytes) -> dict[str, str]:
 class TaskSubmitter:
     """Produces accepted tasks: their ``queued`` status first, then the tasks themselves."""
 
-    def __init__(self, statuses: TaskStatuses, send_task: SendTask, timeout: float) -> None:
+    def __init__(self, statuses: StatusSender, send_task: SendTask, timeout: float) -> None:
         self.statuses = statuses
         self.send_task = send_task
         self.timeout = timeout
@@ -162,10 +163,13 @@ class TaskSubmitter:
 
 
 def register_task_views(
-    app: FtpPoolerApp, statuses: TaskStatuses, submitter: TaskSubmitter
+    app: faust.App,
+    worker: Worker,
+    api: ApiSettings,
+    statuses: StatusTable,
+    submitter: TaskSubmitter,
 ) -> None:
     """``POST /tasks`` and ``GET /tasks/{task_id}`` (routed to the worker owning the id)."""
-    api = app.settings.api
     token = api.token.get_secret_value() if api.token is not None else None
     not_ready = Rejected(
         503,
@@ -180,7 +184,7 @@ def register_task_views(
         async def post(self, request: Request) -> Response:
             try:
                 check_token(request, token)
-                if not app.is_ready():
+                if not worker.is_ready():
                     raise not_ready
                 tasks = validate_tasks(await read_body(request, api.max_request_bytes))
                 ids = await submitter.submit(tasks)
@@ -203,7 +207,7 @@ def register_task_views(
                 status=404,
             )
         # The owner of the id's partition answers, even when asked through another worker.
-        return view.json({**entry, "answered_by": app.worker_id})
+        return view.json({**entry.public(), "answered_by": worker.worker_id})
 
     # On any other worker this forwards the request to the owner of task_id's partition.
     routed: Any = app.table_route(table=statuses.table, match_info="task_id")(answer_locally)
@@ -213,7 +217,7 @@ def register_task_views(
         """The latest known state of one task, answered by the worker that owns its id."""
 
         async def get(self, request: Request, task_id: str) -> Response:
-            if not app.is_ready() or app.rebalancing:
+            if not worker.is_ready() or app.rebalancing:
                 # Partitions are moving: the owner of the id may not be known or recovered yet.
                 return self.json(not_ready.body, status=503, headers=not_ready.headers)
             try:

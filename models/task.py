@@ -27,10 +27,11 @@ _Path = Annotated[
     str,
     pydantic.StringConstraints(min_length=1, max_length=MAX_PATH_CHARS),
     pydantic.AfterValidator(_no_nul),
+    pydantic.Field(json_schema_extra={"pattern": "^[^\\x00]*$", "description": "No NUL."}),
 ]
 
 
-class _TaskSchema(pydantic.BaseModel):
+class TaskSchema(pydantic.BaseModel):
     """What a task must look like on the wire; strict, so 123 is not accepted as "123"."""
 
     model_config = pydantic.ConfigDict(strict=True, extra="ignore")
@@ -59,7 +60,7 @@ def parse_task(raw: bytes | None) -> TransferTask:
     if len(raw) > MAX_TASK_BYTES:
         raise InvalidTask(f"value is {len(raw)} bytes; a task is at most {MAX_TASK_BYTES} bytes")
     try:
-        schema = _TaskSchema.model_validate_json(raw)
+        schema = TaskSchema.model_validate_json(raw)
     except pydantic.ValidationError as exc:
         raise InvalidTask(describe_validation_error(exc)) from None
     return TransferTask(**schema.model_dump())
@@ -91,3 +92,13 @@ def describe_validation_error(exc: pydantic.ValidationError) -> str:
         else:
             problems.append(f"{location}: {error['msg']}")
     return "; ".join(problems)
+
+
+def task_json_schema() -> dict[str, Any]:
+    """The JSON schema of a task, from the same model that validates it (for OpenAPI)."""
+    schema = TaskSchema.model_json_schema()
+    schema.pop("title", None)
+    schema["description"] = "One file to move. Unknown extra fields are ignored."
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return schema

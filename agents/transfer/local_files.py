@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Literal, TypeVar
 
-from agents.transfer.temp_journal import TempFile, TempJournal
+from agents.transfer.temp_journal import TempFile, TempRecord
 from models.errors import FileNotFound, FtpPoolerError, InvalidTask, TransferIOError
 
 TEMP_SUFFIX = ".ftp-pooler.part"
@@ -73,7 +73,7 @@ class AtomicFile:
         self,
         path: Path,
         display_path: str,
-        journal: TempJournal | None = None,
+        journal: TempRecord | None = None,
         buffer_size: int = 1024 * 1024,
     ) -> None:
         self.path = path

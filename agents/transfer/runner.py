@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from agents.transfer.local_files import AtomicFile, HashingReader, jail, temp_name
-from agents.transfer.temp_journal import TempFile, TempJournal
+from agents.transfer.temp_journal import TempFile, TempRecord
 from models.connections import FtpConnection, LocalConnection, Registry
 from models.errors import (
     Deferred,
@@ -54,7 +54,7 @@ class TransferRunner:
         block_size: int,
         max_duration: float,
         verify_size: bool = True,
-        journal: TempJournal | None = None,
+        journal: TempRecord | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,37 @@ class TempJournal:
 
     def close(self) -> None:
         self._file.close()
+
+
+class TempRecord(Protocol):
+    """What a transfer reports about its temporary files."""
+
+    def started(self, entry: TempFile) -> None: ...
+
+    def finished(self, entry: TempFile) -> None: ...
+
+
+class WorkerJournal:
+    """The worker's journal, opened when the worker starts: a CLI process building the same
+    app in the same data directory (kubectl exec) must not replay it and remove a running
+    worker's temporaries. Until opened, nothing is recorded (nothing is transferred then)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.journal: TempJournal | None = None
+
+    def open(self) -> TempJournal:
+        if self.journal is None:
+            self.journal = TempJournal(self.path)
+        return self.journal
+
+    def started(self, entry: TempFile) -> None:
+        if self.journal is not None:
+            self.journal.started(entry)
+
+    def finished(self, entry: TempFile) -> None:
+        if self.journal is not None:
+            self.journal.finished(entry)
+
+    def remote_leftovers(self) -> list[TempFile]:
+        return self.journal.remote_leftovers() if self.journal is not None else []

@@ -1,67 +1,83 @@
-"""Task status entries: how updates merge, what the API shows, which partition an id lives in."""
+"""Task status entries: how changes merge, what the API shows, how they travel."""
 
 from __future__ import annotations
 
-from agents.task_status import (
-    FAILED,
-    IN_PROGRESS,
-    QUEUED,
-    SUCCESS,
-    iso,
-    merge_status,
-    public_entry,
-)
+import pytest
+
+from models.status import StatusEntry, TaskState, iso, merge_status
 
 
-def submitted(at: str = "t0") -> dict:
-    return {"state": QUEUED, "submitted": True, "task_id": "a", "queued_at": at, "_ts": 1.0}
+def submitted(at: str = "t0") -> StatusEntry:
+    return StatusEntry(
+        task_id="a", state=TaskState.QUEUED, submitted=True, queued_at=at, updated_ts=1.0
+    )
 
 
 def test_a_submission_starts_a_fresh_entry_with_no_attempts():
     """Resubmitting a finished id forgets the old outcome (error code, finish time)."""
-    old = {"state": FAILED, "task_id": "a", "error_code": "IO_ERROR", "attempts": 3}
+    old = StatusEntry(task_id="a", state=TaskState.FAILED, error_code="IO_ERROR", attempts=3)
     entry = merge_status(old, submitted())
-    assert entry == {"state": QUEUED, "task_id": "a", "queued_at": "t0", "attempts": 0, "_ts": 1.0}
+    assert entry.to_json() == {
+        "task_id": "a",
+        "state": "queued",
+        "queued_at": "t0",
+        "attempts": 0,
+        "_ts": 1.0,
+    }
 
 
 def test_an_attempt_keeps_the_queue_time_and_clears_the_previous_outcome():
     """in_progress after a parked retry: queued_at stays, the retry's due time goes."""
-    parked = {
-        **merge_status(None, submitted()),
-        "next_attempt_at": "t2",
-        "last_error_code": "CONNECTION_ERROR",
-        "attempts": 1,
-    }
-    entry = merge_status(parked, {"state": IN_PROGRESS, "attempts": 2, "started_at": "t3"})
-    assert entry["queued_at"] == "t0" and entry["attempts"] == 2 and entry["started_at"] == "t3"
-    assert "next_attempt_at" not in entry
-    assert entry["last_error_code"] == "CONNECTION_ERROR"  # why it was retried stays visible
+    parked = merge_status(None, submitted())
+    parked.next_attempt_at, parked.last_error_code, parked.attempts = "t2", "CONNECTION_ERROR", 1
+    change = StatusEntry(task_id="a", state=TaskState.IN_PROGRESS, attempts=2, started_at="t3")
+    entry = merge_status(parked, change)
+    assert entry.queued_at == "t0" and entry.attempts == 2 and entry.started_at == "t3"
+    assert entry.next_attempt_at is None
+    assert entry.last_error_code == "CONNECTION_ERROR"  # why it was retried stays visible
 
 
-def test_the_outcome_adds_its_fields_and_none_values_are_not_written():
-    """success carries bytes and sha256; a field given as None leaves the entry alone."""
-    running = merge_status(None, {"state": IN_PROGRESS, "task_id": "a", "started_at": "t1"})
+def test_the_outcome_adds_its_fields_and_unknown_fields_leave_the_entry_alone():
+    """success carries bytes and sha256; a field the change does not set is kept."""
+    running = merge_status(
+        None, StatusEntry(task_id="a", state=TaskState.IN_PROGRESS, started_at="t1")
+    )
     done = merge_status(
         running,
-        {
-            "state": SUCCESS,
-            "finished_at": "t2",
-            "bytes_transferred": 5,
-            "sha256": "ab",
-            "error_code": None,
-        },
+        StatusEntry(
+            task_id="a",
+            state=TaskState.SUCCESS,
+            finished_at="t2",
+            bytes_transferred=5,
+            sha256="ab",
+        ),
     )
-    assert (
-        done["state"] == SUCCESS and done["started_at"] == "t1" and done["bytes_transferred"] == 5
-    )
-    assert "error_code" not in done
+    assert done.state is TaskState.SUCCESS and done.started_at == "t1"
+    assert done.bytes_transferred == 5 and "error_code" not in done.to_json()
 
 
-def test_public_entry_puts_the_main_fields_first_and_hides_bookkeeping():
+def test_public_view_puts_the_main_fields_first_and_hides_bookkeeping():
     """task_id and state lead; _ts and _partition never leave the worker."""
-    entry = {"_ts": 1.0, "queued_at": "t0", "state": FAILED, "_partition": 3, "task_id": "a"}
-    shown = public_entry(entry)
-    assert list(shown) == ["task_id", "state", "queued_at"]
+    stored = {"_ts": 1.0, "queued_at": "t0", "state": "failed", "_partition": 3, "task_id": "a"}
+    entry = StatusEntry.from_json(stored)
+    assert entry.updated_ts == 1.0 and entry.partition == 3
+    assert list(entry.public()) == ["task_id", "state", "queued_at"]
+
+
+def test_stored_json_round_trips_and_keeps_fields_of_a_newer_worker():
+    """An entry written by a newer version (an unknown field) survives a merge unchanged."""
+    stored = {"task_id": "a", "state": "success", "attempts": 2, "_ts": 5.0, "future": [1]}
+    entry = StatusEntry.from_json(stored)
+    assert entry.to_json() == stored
+    merged = merge_status(entry, StatusEntry(task_id="a", state=TaskState.FAILED))
+    assert merged.to_json()["future"] == [1]
+
+
+@pytest.mark.parametrize("value", [None, [], {"state": "done"}, {"task_id": "a"}])
+def test_a_value_that_is_not_a_status_entry_is_refused(value):
+    """The status agent skips (and logs) anything that is not a change it knows."""
+    with pytest.raises(ValueError, match="not a status entry"):
+        StatusEntry.from_json(value)
 
 
 def test_iso_timestamps_are_utc_with_milliseconds():

@@ -1,0 +1,77 @@
+"""Each reach of agents/faust_door.py into Faust's internals, checked against the installed
+faust-streaming: an upgrade that renames or removes one fails here, by name."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import faust
+from faust.tables.base import Collection
+from faust.transport.drivers.aiokafka import Producer
+from faust.types import TP
+
+from agents import faust_door
+
+
+def test_committed_offset_reads_the_consumers_mapping():
+    class FakeConsumer:
+        _committed_offset = {TP("t", 0): 42}
+
+    assert faust_door.committed_offset(FakeConsumer(), TP("t", 0)) == 42
+    assert faust_door.committed_offset(FakeConsumer(), TP("t", 1)) is None
+
+
+def test_apps_keep_assignment_and_consumer_in_private_fields():
+    """App declares ``_assignment`` and ``_consumer``; the door reads them without creating
+    a consumer (the public property would)."""
+    assert "_assignment" in faust.App.__annotations__ or hasattr(faust.App, "_assignment")
+    assert "self._consumer = " in Path(inspect.getfile(faust.App)).read_text()
+    app = faust.App("door-test", broker="kafka://127.0.0.1:1", store="memory://")
+    assert faust_door.assignment(app) == frozenset()
+    assert faust_door.started_consumer(app) is None
+    app._assignment = {TP("t", 1)}
+    assert faust_door.assignment(app) == {TP("t", 1)}
+
+
+def test_the_aiokafka_driver_has_ensure_producer():
+    """faust's aiokafka Producer builds aiokafka's producer in ``_ensure_producer``."""
+    assert callable(getattr(Producer, "_ensure_producer", None))
+
+
+def test_tables_keep_their_store_in_data():
+    """Collection.data is the local store a purge deletes from."""
+    assert "data" in dir(Collection) or "self.data" in inspect.getsource(Collection)
+
+
+def test_forget_table_key_deletes_from_the_store_only():
+    class Table:
+        def __init__(self) -> None:
+            self.data = {"a": 1, "b": 2}
+
+    table = Table()
+    faust_door.forget_table_key(table, "a")
+    assert table.data == {"b": 2}
+
+
+def test_apps_wait_for_in_flight_events_in_consumer_wait_empty():
+    """The mixin overrides App._consumer_wait_empty(consumer, logger), which Faust calls on
+    shutdown and on partitions revoked."""
+    assert faust_door.WAIT_EMPTY_HOOK == "_consumer_wait_empty"
+    hook = getattr(faust.App, faust_door.WAIT_EMPTY_HOOK)
+    assert list(inspect.signature(hook).parameters) == ["self", "consumer", "logger"]
+    source = Path(inspect.getfile(faust.App)).read_text()
+    calls = source.count(f"self.{faust_door.WAIT_EMPTY_HOOK}(")
+    calls += source.count(f"T(self.{faust_door.WAIT_EMPTY_HOOK})(")
+    assert calls >= 2  # shutdown and revocation
+
+
+async def test_the_mixin_routes_the_hook_to_wait_for_in_flight():
+    seen = []
+
+    class App(faust_door.BoundedWaitEmpty):
+        async def wait_for_in_flight(self, consumer):
+            seen.append(consumer)
+
+    await App()._consumer_wait_empty("consumer", None)
+    assert seen == ["consumer"]

@@ -28,6 +28,7 @@ from app.logs import config_summary, configure_logging
 from app.metrics import ConsumerLagCollector, MetricsServer, StateCollector, TransferMetrics
 from app.openapi import openapi_document
 from app.settings import ApiSettings, Settings, TransferSettings, load_settings
+from app.state_dir import group_state_dir, journal_path  # [issue 14]
 from app.task_api import TaskSubmitter, register_task_views
 from app.web import register_views
 from models.connections import FtpConnection, Registry, load_registry
@@ -124,7 +125,7 @@ class FtpPoolerApp(faust.App):
         # Only a worker touches the temp-file journal: a CLI command building this app in the
         # same data directory (kubectl exec) must not remove a running worker's temporaries.
         self._started_at = time.monotonic()
-        self.journal = TempJournal(self.settings.worker.data_dir / "temp-files.journal")
+        self.journal = TempJournal(journal_path(self.settings))  # [issue 14] per group
         removed = self.journal.remove_local_leftovers()
         if removed:
             log.warning("temp_files_removed", count=removed, reason="left by a previous run")
@@ -207,7 +208,8 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
         store="rocksdb://",
         autodiscover=False,
-        datadir=str(settings.worker.data_dir),
+        datadir=str(group_state_dir(settings)),  # [issue 14] state per consumer group
+        TableManager="app.table_recovery:RebuildingTableManager",  # [issue 14] stale tables
         web_enabled=True,
         web_port=settings.api.port,
         web_bind=settings.api.host,
@@ -268,6 +270,7 @@ def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:
         block_size=transfer.block_size,
         max_duration=transfer.max_duration_seconds,
         verify_size=transfer.verify_size,
+        local_io_timeout=transfer.local_io_timeout_seconds,  # [issue 14] bounded local I/O
     )
     publisher = ResultPublisher(
         raw_topic(app, kafka.result_topic), raw_topic(app, kafka.fail_topic)

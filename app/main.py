@@ -37,6 +37,7 @@ from app.metrics import (
 )
 from app.openapi import openapi_document
 from app.settings import ApiSettings, Settings, TransferSettings, load_settings
+from app.state_dir import group_state_dir, journal_path
 from app.task_api import TaskSubmitter, register_task_views
 from app.web import register_views
 from models.connections import FtpConnection, Registry, load_registry
@@ -83,7 +84,7 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         self.pools = session_pools(settings, registry, self.session_factories, self.metrics)
         self.in_flight = InFlight(worker.max_in_flight)
         self.retry_in_flight = InFlight(settings.retry.max_pending)
-        self.journal = WorkerJournal(worker.data_dir / "temp-files.journal")
+        self.journal = WorkerJournal(journal_path(settings))  # per consumer group
         self.runner = TransferRunner(
             registry,
             self.pools,
@@ -92,6 +93,7 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
             block_size=settings.transfer.block_size,
             max_duration=settings.transfer.max_duration_seconds,
             verify_size=settings.transfer.verify_size,
+            local_io_timeout=settings.transfer.local_io_timeout_seconds,
         )
 
         # Topics and tables.
@@ -340,7 +342,9 @@ def faust_options(settings: Settings, web_host: str) -> dict[str, Any]:
         "broker": [f"kafka://{server}" for server in kafka.bootstrap_servers],
         "store": "rocksdb://",
         "autodiscover": False,
-        "datadir": str(settings.worker.data_dir),
+        "datadir": str(group_state_dir(settings)),  # state per consumer group
+        # A table whose local state is ahead of its changelog is rebuilt, not a crash loop.
+        "TableManager": "app.table_recovery:RebuildingTableManager",
         "web_enabled": True,
         "web_port": api.port,
         "web_bind": api.host,

@@ -33,14 +33,20 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+_NonEmpty = Annotated[str, pydantic.StringConstraints(strip_whitespace=True, min_length=1)]
+
+
 class KafkaSettings(_Section):
-    bootstrap_servers: Annotated[list[str], NoDecode, pydantic.BeforeValidator(_split_commas)] = [
-        "localhost:9092"
-    ]
-    consumer_group: str = "ftp-pooler"
-    input_topic: str = "ftp-tasks"
-    result_topic: str = "ftp-results"
-    fail_topic: str = "ftp-failures"
+    bootstrap_servers: Annotated[
+        list[_NonEmpty],
+        NoDecode,
+        pydantic.BeforeValidator(_split_commas),
+        pydantic.Field(min_length=1),
+    ] = ["localhost:9092"]
+    consumer_group: _NonEmpty = "ftp-pooler"
+    input_topic: _NonEmpty = "ftp-tasks"
+    result_topic: _NonEmpty = "ftp-results"
+    fail_topic: _NonEmpty = "ftp-failures"
     topic_partitions: int = pydantic.Field(8, ge=1)
     commit_interval_seconds: float = pydantic.Field(2.8, gt=0)
     # How long the group waits for a silent (crashed) worker before giving its partitions away.
@@ -76,6 +82,8 @@ class TransferSettings(_Section):
     command_timeout_seconds: float = pydantic.Field(30, gt=0)
     max_duration_seconds: float = pydantic.Field(3600, gt=0)
     stall_timeout_seconds: float = pydantic.Field(60, gt=0)
+    # Any one local file operation (open, a buffer written, rename): a hung mount fails the task.
+    local_io_timeout_seconds: float = pydantic.Field(60, gt=0)
     verify_size: bool = True
 
 
@@ -167,6 +175,10 @@ def load_settings() -> Settings:
     if config_path:
         source = config_path
         data = _read_yaml(Path(config_path))
+    unknown = sorted(str(key) for key in data if key not in Settings.model_fields)
+    if unknown:
+        sections = ", ".join(n for n in Settings.model_fields if n != "connections_file")
+        raise ConfigError(source, f"unknown section (known: {sections})", key=unknown[0])
     connections = os.environ.get(CONNECTIONS_ENV)
     if connections:
         data["connections_file"] = connections

@@ -90,7 +90,19 @@ def validate_tasks(body: bytes) -> list[tuple[TransferTask, bytes]]:
     accepted: list[tuple[TransferTask, bytes]] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
-        raw = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            raw = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): JSON text, but not Unicode
+            errors.append(
+                {
+                    "index": index,
+                    "task_id": None,
+                    "message": "value holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                    "which is not valid Unicode",
+                    "fields": {},
+                }
+            )
+            continue
         try:
             accepted.append((parse_task(raw), raw))
         except InvalidTask as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ _TLS_MODES = ("none", "explicit", "implicit")
 TlsMode = Literal["none", "explicit", "implicit"]
 IMPLICIT_TLS_PORT = 990
 _LOCAL_KEYS = {"type", "base_path"}
+_INLINE_COMMENT = re.compile(r"\s[;#]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -116,13 +118,39 @@ def load_registry(path: Path) -> Registry:
         raise ConfigError(source, f"not a valid INI file: {exc}") from None
     connections: dict[str, Connection] = {}
     for section in parser.sections():
-        connections[section] = _parse_section(source, section, parser[section])
+        values: dict[str, str] = {}
+        for key, raw in parser[section].items():
+            try:
+                values[key] = ini_value(raw)
+            except ValueError as exc:
+                raise ConfigError(source, str(exc), section=section, key=key) from None
+        connections[section] = _parse_section(source, section, values)
     if not connections:
         raise ConfigError(source, "defines no connections")
     return Registry(connections, source)
 
 
-def _parse_section(source: str, section: str, values: configparser.SectionProxy) -> Connection:
+def ini_value(raw: str) -> str:
+    """A value without its inline comment: ``;`` or ``#`` after whitespace starts one.
+
+    A value that must keep such a sequence (a password like ``pa ;ss``) is written in double
+    quotes: ``pass = "pa ;ss"  ; comment``; the quotes are removed. A ``;`` or ``#`` with no
+    whitespace before it (``pass = pa;ss#1``) is always part of the value.
+    """
+    text = raw.strip()
+    if text.startswith('"'):
+        end = text.find('"', 1)
+        if end < 0:
+            raise ValueError("quoted value has no closing double quote")
+        rest = text[end + 1 :].strip()
+        if rest and rest[0] not in ";#":
+            raise ValueError("text after the closing double quote (a comment starts with ; or #)")
+        return text[1:end]
+    match = _INLINE_COMMENT.search(text)
+    return text[: match.start()].rstrip() if match else text
+
+
+def _parse_section(source: str, section: str, values: Mapping[str, str]) -> Connection:
     def fail(key: str | None, message: str) -> ConfigError:
         return ConfigError(source, message, section=section, key=key)
 
@@ -175,7 +203,7 @@ def _parse_section(source: str, section: str, values: configparser.SectionProxy)
 
 
 def _tls_settings(
-    tls: str, values: configparser.SectionProxy, fail: Any
+    tls: str, values: Mapping[str, str], fail: Any
 ) -> tuple[bool, Path | None, str | None]:
     """``tls_verify``, ``tls_ca_file``, ``tls_server_name``; checked now, not at first connect."""
     if tls == "none":

@@ -68,6 +68,12 @@ class Deferred(ConnectionFailed):
     """Too many tasks already wait for this connection: park this one (no attempt is used)."""
 
 
+class ReplyTooLarge(ConnectionFailed):
+    """The server's reply exceeded the line or byte bound (a flood): the session is closed."""
+
+    retryable = False
+
+
 class PoolTimeout(ConnectionFailed):
     """No session of the connection became free within the acquire timeout."""
 
@@ -77,6 +83,14 @@ class TransferIOError(FtpPoolerError):
 
     error_code = ErrorCode.IO_ERROR
     retryable = True
+
+
+class SizeMismatch(TransferIOError):
+    """The bytes written differ from the size the server reports or announced."""
+
+
+class LocalIOTimeout(TransferIOError):
+    """A local file operation did not finish within its bound (a hung mount, a stuck device)."""
 
 
 class UnknownError(FtpPoolerError):

@@ -40,6 +40,8 @@ class TransferResult(faust.Record, serializer="json", include_metadata=False):
     attempts: int
     worker: str
     sha256: str | None = None
+    # Success only: whether the server confirmed the length written (150 reply, SIZE or MLST).
+    size_verified: bool | None = None
     error_code: str | None = None
     error_message: str | None = None
     retryable: bool | None = None
@@ -49,7 +51,15 @@ class TransferResult(faust.Record, serializer="json", include_metadata=False):
     def to_wire(self) -> dict[str, Any]:
         """The JSON object as published: fields that do not apply to this outcome are left out."""
         wire = self.asdict()
-        optional = ("sha256", "error_code", "error_message", "retryable", "raw_value", "source")
+        optional = (
+            "sha256",
+            "size_verified",
+            "error_code",
+            "error_message",
+            "retryable",
+            "raw_value",
+            "source",
+        )
         for name in optional:
             if wire.get(name) is None:
                 wire.pop(name, None)

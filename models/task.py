@@ -22,11 +22,19 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _names_a_file(value: str) -> str:
+    last = value.rsplit("/", 1)[-1]
+    if last in ("", ".", ".."):
+        raise ValueError("must name a file, not a directory (it ends with '/', '.' or '..')")
+    return value
+
+
 _Id = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 _Path = Annotated[
     str,
     pydantic.StringConstraints(min_length=1, max_length=MAX_PATH_CHARS),
     pydantic.AfterValidator(_no_nul),
+    pydantic.AfterValidator(_names_a_file),
     pydantic.Field(json_schema_extra={"pattern": "^[^\\x00]*$", "description": "No NUL."}),
 ]
 

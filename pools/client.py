@@ -14,6 +14,7 @@ import aioftp
 from aioftp.common import SSLSessionBoundContext
 
 from models.connections import FtpConnection
+from pools.wire import read_reply
 
 
 @functools.lru_cache(maxsize=256)
@@ -46,6 +47,12 @@ class FtpClient(aioftp.Client):
         # Whether the last protected data connection resumed the control connection's session.
         self.data_session_reused: bool | None = None
         self._data_writer: asyncio.StreamWriter | None = None
+
+    async def parse_response(self) -> tuple[aioftp.Code, list[str]]:
+        """aioftp's reply reader, bounded in lines and bytes and tolerant of non-UTF-8 text
+        (see :func:`pools.wire.read_reply`), for the replies aioftp reads (login, TLS)."""
+        code, info = await read_reply(self.stream.readline, self.stream.close)
+        return aioftp.Code(code), info
 
     async def wait_closed(self) -> None:
         """Wait until the control and the last data connection are closed (after close()).

@@ -53,7 +53,8 @@ class FTPSession(SessionLifecycle):
         self.connection = connection
         self.block_size = block_size
         self.stall_timeout = stall_timeout
-        self.size_supported = True
+        # The byte count the last RETR's 150 reply announced, when the server gives one.
+        self.announced_size: int | None = None
         self.replaced_by_delete = 0  # renames that had to delete an existing target first
         self._clock = clock
         self._connect_timeout = connect_timeout
@@ -226,11 +227,13 @@ class FTPSession(SessionLifecycle):
         Opening it (EPSV/PASV, connect, the 1xx) and the final reply are each bounded by the
         command timeout; the bytes in between by the stall timeout.
         """
+        self.announced_size = None
         async with asyncio.timeout(self._command_timeout):
             sock = await self._open_passive()
         try:
             async with asyncio.timeout(self._command_timeout):
-                await self.control.command(command, "1xx")
+                preliminary = await self.control.command(command, "1xx")
+            self.announced_size = wire.announced_size(preliminary)
             try:
                 async with wire.StallWatch(self.stall_timeout) as watch:
                     await move(sock, watch)
@@ -281,19 +284,23 @@ class FTPSession(SessionLifecycle):
         )
 
     async def size(self, path: str) -> int | None:
-        """SIZE of ``path`` in bytes, or None when the server does not support SIZE."""
-        if not self.size_supported:
-            return None
+        """The size of ``path`` in bytes from SIZE, else from MLST; None when the server
+        answers neither (unsupported, or refused this time).
+
+        Asked anew every time: a refusal says nothing about the next file (a server may answer
+        one SIZE with 502 and the next with 213), so verification is never switched off.
+        """
 
         async def body() -> int | None:
-            try:
-                info = await self.control.command(f"SIZE {path}", "213")
-            except aioftp.StatusCodeError as exc:
-                if any(str(code) in ("500", "502", "504") for code in exc.received_codes):
-                    self.size_supported = False  # not implemented: stop asking this server
-                    return None
-                raise
-            return int(info[-1].strip().split()[-1])
+            for command, expected in ((f"SIZE {path}", "213"), (f"MLST {path}", "250")):
+                try:
+                    info = await self.control.command(command, expected)
+                except aioftp.StatusCodeError:
+                    continue  # not offered, or not now: the next means, else unverified
+                found = _size_of(command, info)
+                if found is not None:
+                    return found
+            return None
 
         return await self._run("command", body(), path)
 
@@ -388,3 +395,16 @@ class FTPSession(SessionLifecycle):
             self.failed()
             self._client.close()
             raise
+
+
+def _size_of(command: str, info: list[str]) -> int | None:
+    """The size in a 213 (SIZE) or 250 (MLST: the ``size=`` fact) reply, None if absent."""
+    if command.startswith("SIZE"):
+        words = info[-1].strip().split() if info else []
+        return int(words[-1]) if words and words[-1].isdigit() else None
+    for line in info:
+        for fact in line.strip().split(";"):
+            name, _, value = fact.strip().partition("=")
+            if name.lower() == "size" and value.isdigit():
+                return int(value)
+    return None

@@ -15,6 +15,8 @@ from models.errors import (
     ConnectionFailed,
     FileNotFound,
     FtpPoolerError,
+    InvalidTask,
+    ReplyTooLarge,
     ServerBusy,
     TransferIOError,
     UnknownError,
@@ -35,8 +37,12 @@ def ftp_errors(phase: Phase, where: str) -> Iterator[None]:
     """Re-raise anything escaping the block as an :class:`FtpPoolerError` for ``phase``."""
     try:
         yield
+    except ReplyTooLarge as exc:
+        raise ReplyTooLarge(f"{exc.message}; session closed ({where})") from None
     except FtpPoolerError:
         raise
+    except aioftp.errors.InvalidCommand:  # aioftp's own CR/LF guard
+        raise InvalidTask("a path sent to an FTP server must not contain CR or LF") from None
     except aioftp.StatusCodeError as exc:
         raise _from_reply(exc, phase, where) from None
     except (TimeoutError, ConnectionError, socket.gaierror, ssl.SSLError, EOFError) as exc:

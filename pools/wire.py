@@ -20,8 +20,16 @@ from typing import Any
 import aioftp
 from aioftp.common import Code
 
+from models.errors import InvalidTask, ReplyTooLarge
+
+# Bounds of one reply: far above any real server's (FEAT lists a few dozen lines), far below
+# what would hurt the worker.
+MAX_REPLY_LINES = 1000
+MAX_REPLY_BYTES = 64 * 1024
+
 _EPSV = re.compile(r"\((.)\1\1(\d+)\1\)")
 _PASV = re.compile(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)")
+_ANNOUNCED = re.compile(r"\((\d+) bytes\)")
 
 
 class ControlChannel:
@@ -35,39 +43,60 @@ class ControlChannel:
         """Send ``line``; return the reply's text lines when its code matches ``expected``
         (e.g. "229", "2xx"), else raise :class:`aioftp.StatusCodeError`."""
         if "\r" in line or "\n" in line:
-            raise aioftp.errors.InvalidCommand("Command must not contain CR/LF")
+            raise InvalidTask("a path sent to an FTP server must not contain CR or LF")
         self.writer.write(line.encode() + b"\r\n")
         return await self.reply(expected)
 
     async def reply(self, expected: str) -> list[str]:
         """Read one (possibly multi-line) reply and check its code against ``expected``."""
-        code, info = await self._read_reply()
+        code, info = await read_reply(self.reader.readline, self.writer.close)
         if not _matches(code, expected):
             raise aioftp.StatusCodeError(Code(expected), Code(code), info)
         return info
 
-    async def _read_reply(self) -> tuple[str, list[str]]:
-        line = await self._line()
-        code, rest = line[:3], line[3:]
-        info = [rest]
-        current = code
-        while rest.startswith("-") or not current.isdigit():  # as aioftp reads them
-            line = await self._line()
-            current, rest = line[:3], line[3:]
-            if current.isdigit():
-                info.append(rest)
-                if current != code:
-                    raise aioftp.StatusCodeError(Code(code), Code(current), info)
-            else:
-                info.append(line)
-        return code, info
 
-    async def _line(self) -> str:
-        raw = await self.reader.readline()
+async def read_reply(
+    readline: Callable[[], Awaitable[bytes]], on_eof: Callable[[], object]
+) -> tuple[str, list[str]]:
+    """One reply as aioftp reads them (code, text lines), bounded in lines and bytes.
+
+    A server sending endless ``150-`` continuation lines would otherwise grow the reply until
+    the process runs out of memory long before any command timeout; beyond the bound the reply
+    is abandoned with :class:`ReplyTooLarge` (the session is then closed). Bytes that are not
+    UTF-8 (a Latin-1 server's message) are replaced, not fatal: replies are only read for their
+    codes and shown in messages.
+    """
+    budget = [MAX_REPLY_BYTES]
+
+    async def line() -> str:
+        try:
+            raw = await readline()
+        except ValueError:  # StreamReader: a single line over its buffer limit
+            raise ReplyTooLarge(f"server sent a reply line over {MAX_REPLY_BYTES} bytes") from None
         if not raw:
-            self.writer.close()
+            on_eof()
             raise ConnectionResetError("the server closed the control connection")
-        return raw.decode("utf-8").rstrip()
+        budget[0] -= len(raw)
+        if budget[0] < 0:
+            raise ReplyTooLarge(f"server sent a reply over {MAX_REPLY_BYTES} bytes")
+        return raw.decode("utf-8", errors="replace").rstrip()
+
+    text = await line()
+    code, rest = text[:3], text[3:]
+    info = [rest]
+    current = code
+    while rest.startswith("-") or not current.isdigit():
+        if len(info) >= MAX_REPLY_LINES:
+            raise ReplyTooLarge(f"server sent a reply of over {MAX_REPLY_LINES} lines")
+        text = await line()
+        current, rest = text[:3], text[3:]
+        if current.isdigit():
+            info.append(rest)
+            if current != code:
+                raise aioftp.StatusCodeError(Code(code), Code(current), info)
+        else:
+            info.append(text)
+    return code, info
 
 
 def _matches(code: str, mask: str) -> bool:
@@ -75,6 +104,12 @@ def _matches(code: str, mask: str) -> bool:
     if len(code) != 3:
         return False
     return all(m == c or not m.isdigit() for m, c in zip(mask, code, strict=True))
+
+
+def announced_size(info: list[str]) -> int | None:
+    """The byte count a 150 reply announces ("... (4096 bytes)", vsftpd and others), if any."""
+    match = _ANNOUNCED.search(" ".join(info))
+    return int(match.group(1)) if match else None
 
 
 def passive_port(command: str, info: list[str]) -> int:

@@ -7,15 +7,24 @@ import errno
 import functools
 import hashlib
 import os
+import queue
+import stat
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Literal, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from agents.transfer.temp_journal import TempFile, TempRecord
-from models.errors import FileNotFound, FtpPoolerError, InvalidTask, TransferIOError
+from models.errors import (
+    FileNotFound,
+    FtpPoolerError,
+    InvalidTask,
+    LocalIOTimeout,
+    TransferIOError,
+)
 
 TEMP_SUFFIX = ".ftp-pooler.part"
 LOCAL_IO_THREADS = 2
@@ -23,16 +32,117 @@ LOCAL_IO_THREADS = 2
 # that tasks still waiting for a session hold little (1,000 of them: 16 MiB at most).
 READ_AHEAD_BYTES = 16 * 1024
 
+# The longest file name (in bytes) the usual file systems and FTP servers accept.
+NAME_MAX = 255
+
 T = TypeVar("T")
 
-# Local file work gets a few threads of its own rather than asyncio's default pool (cpu + 4):
-# creating and renaming files in one directory serialise on its lock in the kernel, where more
-# threads only spin, and each extra thread is one more to wake and to hand the GIL to.
-_local_io = ThreadPoolExecutor(max_workers=LOCAL_IO_THREADS, thread_name_prefix="local-io")
+
+class LocalIO:
+    """Threads of their own for blocking local file calls, each call bounded in time.
+
+    Few threads (creating and renaming files in one directory serialise on its lock in the
+    kernel, where more threads only spin). A call that does not return within ``timeout`` (a
+    hung NFS mount, a device that never answers) fails its task with :class:`LocalIOTimeout`;
+    its thread stays stuck, so another is started in its place (up to ``max_stuck`` of them),
+    and the others keep serving. The threads are daemons: a stuck one never holds up the exit.
+    """
+
+    def __init__(self, threads: int, timeout: float = 60.0, max_stuck: int = 32) -> None:
+        self.threads = threads
+        self.timeout = timeout
+        self.max_stuck = max_stuck
+        self.stuck = 0
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._running = 0
+        self._started = 0
+
+    def submit(self, function: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        """Run ``function(*args)`` in a thread; the future is unbounded (see :meth:`run`)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, function, args))
+        self._spawn()
+        return future
+
+    def _spawn(self) -> None:
+        """Start a thread when fewer than ``threads`` are free to take jobs."""
+        with self._lock:
+            if self._running < self.threads + self.stuck:
+                self._running += 1
+                self._started += 1
+                threading.Thread(
+                    target=self._work, name=f"local-io-{self._started}", daemon=True
+                ).start()
+
+    async def run(self, function: Callable[..., T], *args: object, what: str = "") -> T:
+        """``function(*args)`` in a thread, within ``timeout`` (then :class:`LocalIOTimeout`)."""
+        future = self.submit(function, *args)
+        try:
+            return await self.bounded(future, what)
+        finally:
+            if not future.done():
+                future.cancel()  # nobody waits for it any more; the thread drops the result
+
+    async def bounded(self, future: asyncio.Future[T], what: str = "") -> T:
+        """Wait for a submitted call within ``timeout`` without cancelling it."""
+        done, _ = await asyncio.wait([future], timeout=self.timeout)
+        if not done:
+            with self._lock:
+                if self.stuck < self.max_stuck:
+                    self.stuck += 1  # one more thread may start in the stuck one's place
+            if not self._jobs.empty():
+                self._spawn()
+            raise LocalIOTimeout(
+                f"local file operation{' on ' + what if what else ''} did not finish within "
+                f"{self.timeout:.0f} s (a hung mount or device?)",
+                retryable=False,
+            )
+        return future.result()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=5)
+            except queue.Empty:
+                job = None
+            if job is None:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._running -= 1
+                        return
+                continue
+            loop, future, function, args = job
+            started = time.monotonic()
+            try:
+                result: Any = function(*args)
+                error: BaseException | None = None
+            except BaseException as exc:
+                result, error = None, exc
+            if time.monotonic() - started >= self.timeout:
+                with self._lock:  # this thread was counted as stuck and is free again
+                    self.stuck = max(0, self.stuck - 1)
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the event loop is closed: nobody is waiting
+                return
 
 
-def _in_thread(function: Callable[..., T], *args: object) -> asyncio.Future[T]:
-    return asyncio.get_running_loop().run_in_executor(_local_io, function, *args)
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+local_io = LocalIO(LOCAL_IO_THREADS)
+
+
+def _in_thread(function: Callable[..., T], *args: object) -> Awaitable[T]:
+    return local_io.run(function, *args)
 
 
 def jail(base_path: Path, task_path: str) -> Path:
@@ -57,8 +167,17 @@ def _resolved_base(base_path: Path) -> Path:
 
 
 def temp_name(final_name: str) -> str:
-    """A hidden, unique name in the same directory, so the final rename is atomic."""
-    return f".{final_name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+    """A hidden, unique name in the same directory, so the final rename is atomic.
+
+    Never longer than :data:`NAME_MAX` bytes: a long final name is cut (at a character
+    boundary) so that any name the file system or server accepts can be transferred.
+    """
+    tag = f".{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+    room = NAME_MAX - 1 - len(tag)
+    encoded = final_name.encode("utf-8", "surrogateescape")
+    if len(encoded) > room:
+        final_name = encoded[:room].decode("utf-8", "ignore")
+    return f".{final_name}{tag}"
 
 
 class AtomicFile:
@@ -116,9 +235,9 @@ class AtomicFile:
         blocks, self._pending, self._pending_size = self._pending, [], 0
         # Shielded so that a cancelled task's discard() can wait for the thread to be done with
         # the file before removing it.
-        self._flushing = _in_thread(self._write, blocks, commit)
+        self._flushing = local_io.submit(self._write, blocks, commit)
         with local_errors("destination", self.display_path):
-            await asyncio.shield(self._flushing)
+            await local_io.bounded(self._flushing, self.display_path)
 
     def _write(self, blocks: list[bytes], commit: bool) -> None:
         if self._handle is None:
@@ -136,19 +255,26 @@ class AtomicFile:
         """Remove the temporary file; never raises."""
         self._pending = []
         if self._flushing is not None and not self._flushing.done():
-            await asyncio.wait([self._flushing])
+            await asyncio.wait([self._flushing], timeout=local_io.timeout)
+            if not self._flushing.done():
+                return  # a stuck write: the journal keeps the temporary for the next start
         handle, self._handle = self._handle, None
-        await _in_thread(self._discard, handle)
-        if self._journal is not None and not self.temp_path.exists():
+        try:
+            removed = await local_io.run(self._discard, handle)
+        except Exception:
+            return
+        if self._journal is not None and removed:
             self._journal.finished(self._entry)
 
-    def _discard(self, handle: BinaryIO | None) -> None:
+    def _discard(self, handle: BinaryIO | None) -> bool:
+        """Close and remove the temporary; True when it is gone (or never existed)."""
         try:
             if handle is not None:
                 handle.close()
             self.temp_path.unlink(missing_ok=True)
         except OSError:
-            pass
+            return False  # e.g. no permission in the directory: the original error stands
+        return True
 
 
 class HashingReader:
@@ -171,7 +297,21 @@ class HashingReader:
             return await _in_thread(self._open)
 
     def _open(self) -> BinaryIO:
-        handle = self.path.open("rb")  # a directory raises IsADirectoryError
+        # Non-blocking, so a FIFO (or a device) is refused at once instead of blocking a
+        # thread until a writer appears; only regular files are read.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise TransferIOError(
+                    f"local source {self.display_path} is not a regular file ({_file_kind(mode)})",
+                    retryable=False,
+                )
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        handle = os.fdopen(fd, "rb")
         try:
             if os.fstat(handle.fileno()).st_size <= READ_AHEAD_BYTES:
                 self._ahead = self._read(handle)
@@ -204,6 +344,17 @@ class HashingReader:
         if len(block) < self.block_size:  # a regular file reads short only at its end
             handle.close()
         return block
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import posixpath
 import time
 from collections import OrderedDict
@@ -13,13 +15,15 @@ from typing import Any
 
 import structlog
 
-from agents.transfer.local_files import AtomicFile, HashingReader, jail, temp_name
+from agents.transfer.local_files import AtomicFile, HashingReader, jail, local_io, temp_name
 from agents.transfer.temp_journal import TempFile, TempRecord
 from models.connections import FtpConnection, LocalConnection, Registry
 from models.errors import (
     Deferred,
     FtpPoolerError,
     InvalidConfig,
+    InvalidTask,
+    SizeMismatch,
     TransferIOError,
     UnknownError,
 )
@@ -40,6 +44,7 @@ class Moved:
 
     size: int
     sha256: str
+    size_verified: bool
 
 
 class TransferRunner:
@@ -55,6 +60,7 @@ class TransferRunner:
         max_duration: float,
         verify_size: bool = True,
         journal: TempRecord | None = None,
+        local_io_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -64,6 +70,8 @@ class TransferRunner:
         self.max_duration = max_duration
         self.verify_size = verify_size
         self.journal = journal
+        if local_io_timeout is not None:
+            local_io.timeout = local_io_timeout
         self._clock = clock
         # Remote directories known to exist, so uploads do not probe them on every task.
         self._known_dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -95,14 +103,26 @@ class TransferRunner:
             error = UnknownError(f"{type(exc).__name__}: {exc}")
         else:
             return self._result(task, direction, started, attempt, moved=moved)
+        error.message = self._without_local_paths(task, error.message)
         return self._result(task, direction, started, attempt, error=error)
+
+    def _without_local_paths(self, task: TransferTask, message: str) -> str:
+        """No message shows where local storage lives: a base_path is shown as its root."""
+        for conn_id in (task.src_id, task.dst_id):
+            connection = self.registry.get(conn_id)
+            if isinstance(connection, LocalConnection):
+                for base in {str(connection.base_path), os.path.realpath(connection.base_path)}:
+                    message = message.replace(base.rstrip("/") + "/", "/").replace(base, "/")
+        return message
 
     def _plan(self, task: TransferTask) -> tuple[Direction, FtpConnection, LocalConnection]:
         src = self.registry.resolve(task.src_id)
         dst = self.registry.resolve(task.dst_id)
         if isinstance(src, FtpConnection) and isinstance(dst, LocalConnection):
+            _check_remote_path("src_path", task.src_path)
             return Direction.DOWNLOAD, src, dst
         if isinstance(src, LocalConnection) and isinstance(dst, FtpConnection):
+            _check_remote_path("dst_path", task.dst_path)
             return Direction.UPLOAD, dst, src
         kind = "local" if isinstance(src, LocalConnection) else "ftp"
         raise InvalidConfig(
@@ -120,13 +140,19 @@ class TransferRunner:
             await target.open()
             try:
                 await session.retrieve(task.src_path, target.write)
+                verified = False
                 if self.verify_size:
-                    _check_size(await session.size(task.src_path), target.size, task.src_path)
+                    # The 150 reply's byte count when the server gives one (no round trip),
+                    # else SIZE, else MLST.
+                    expected = session.announced_size
+                    if expected is None:
+                        expected = await session.size(task.src_path)
+                    verified = _check_size(expected, target.size, task.src_path)
                 await target.commit()
             except BaseException:
                 await asyncio.shield(target.discard())
                 raise
-        return Moved(target.size, target.sha256)
+        return Moved(target.size, target.sha256, verified)
 
     async def _upload(
         self, task: TransferTask, local: LocalConnection, remote: FtpConnection
@@ -144,19 +170,23 @@ class TransferRunner:
                 if self.journal is not None:
                     self.journal.started(entry)
                 await session.store(temp_path, reader.blocks(handle))
+                verified = False
                 if self.verify_size:
-                    _check_size(await session.size(temp_path), reader.size, task.dst_path)
+                    verified = _check_size(
+                        await session.size(temp_path), reader.size, task.dst_path
+                    )
                 await session.rename(temp_path, task.dst_path)
                 stored = False
                 if self.journal is not None:
                     self.journal.finished(entry)
         except BaseException:
-            await asyncio.to_thread(handle.close)
+            with contextlib.suppress(Exception):
+                await local_io.run(handle.close)
             if stored:
                 await asyncio.shield(self.remove_remote(entry))
                 self._known_dirs.pop((remote.id, directory), None)
             raise
-        return Moved(reader.size, reader.sha256)
+        return Moved(reader.size, reader.sha256, verified)
 
     async def _ensure_directory(self, session: FTPSession, conn_id: str, directory: str) -> None:
         if directory in ("", "/", "."):
@@ -215,6 +245,7 @@ class TransferRunner:
                 status=Status.SUCCESS.value,
                 bytes_transferred=moved.size,
                 sha256=moved.sha256,
+                size_verified=moved.size_verified,
                 **fields,
             )
         assert error is not None
@@ -228,12 +259,21 @@ class TransferRunner:
         )
 
 
-def _check_size(remote_size: int | None, local_size: int, path: str) -> None:
-    """Both ends must hold the same number of bytes (skipped when the server has no SIZE)."""
-    if remote_size is not None and remote_size != local_size:
-        raise TransferIOError(
+def _check_size(remote_size: int | None, local_size: int, path: str) -> bool:
+    """Both ends must hold the same number of bytes; False when the server gave no size."""
+    if remote_size is None:
+        return False
+    if remote_size != local_size:
+        raise SizeMismatch(
             f"size mismatch for {path}: {local_size} bytes here, server reports {remote_size}"
         )
+    return True
+
+
+def _check_remote_path(field: str, path: str) -> None:
+    """CR or LF would end the FTP command early (command injection): refused up front."""
+    if "\r" in path or "\n" in path:
+        raise InvalidTask(f"{field}: a path on an FTP connection must not contain CR or LF")
 
 
 def utc_now() -> str:

@@ -34,6 +34,13 @@ def main() -> None:
     """The ``ftp-pooler`` console script: Faust's CLI with ``-A app`` filled in."""
     from faust.cli.faust import cli
 
+    if sys.argv[1:] in (["--version"], ["-V"]):
+        import faust
+
+        from app.main import VERSION
+
+        print(f"ftp-pooler {VERSION} (Faust {faust.__version__})")
+        raise SystemExit(0)
     # Faust finds the app (and so our commands) by reading -A from sys.argv itself.
     sys.argv[1:1] = ["-A", "app"]  # in place: faust bound sys.argv as a default argument
     cli(prog_name="ftp-pooler")
@@ -50,6 +57,18 @@ class worker(faust_worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stdout = self.stderr
+
+    def as_service(self, loop: Any, *args: Any, **kwargs: Any) -> Any:
+        # Before Faust starts anything: every start-up failure we can foresee is one line and
+        # exit 2, not a traceback (see app/preflight.py).
+        from app.preflight import StartupError, check_worker
+
+        try:
+            check_worker(self.app.settings)  # type: ignore[attr-defined]
+        except StartupError as exc:
+            print(f"ftp-pooler: cannot start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        return super().as_service(loop, *args, **kwargs)
 
 
 def console() -> Console:

@@ -11,7 +11,7 @@ import aioftp
 import pytest
 
 from models.connections import FtpConnection
-from models.errors import TransferIOError
+from models.errors import InvalidTask, TransferIOError
 from pools import wire
 from pools.session import FTPSession
 
@@ -83,7 +83,7 @@ async def test_a_server_that_hangs_up_raises_connection_reset() -> None:
 
 def test_a_command_with_a_line_break_is_refused_before_anything_is_sent() -> None:
     control = wire.ControlChannel(None, None)  # type: ignore[arg-type]
-    with pytest.raises(aioftp.errors.InvalidCommand):
+    with pytest.raises(InvalidTask):  # the task's fault: INVALID_TASK, not UNKNOWN_ERROR
         asyncio.run(control.command("RETR a\r\nDELE b", "1xx"))
 
 

@@ -344,7 +344,7 @@ def faust_options(settings: Settings, web_host: str) -> dict[str, Any]:
         "autodiscover": False,
         "datadir": str(group_state_dir(settings)),  # state per consumer group
         # A table whose local state is ahead of its changelog is rebuilt, not a crash loop.
-        "TableManager": "app.table_recovery:RebuildingTableManager",
+        "TableManager": "agents.faust_door:RebuildingTableManager",
         "web_enabled": True,
         "web_port": api.port,
         "web_bind": api.host,

@@ -75,3 +75,35 @@ async def test_the_mixin_routes_the_hook_to_wait_for_in_flight():
 
     await App()._consumer_wait_empty("consumer", None)
     assert seen == ["consumer"]
+
+
+def test_recovery_builds_offsets_in_build_offsets():
+    """Recovery._build_offsets(consumer, tps, destination, title) fills the persisted offsets
+    the rebuilding recovery compares with the changelog's end."""
+    from faust.tables.recovery import Recovery
+
+    hook = Recovery._build_offsets
+    assert list(inspect.signature(hook).parameters) == [
+        "self",
+        "consumer",
+        "tps",
+        "destination",
+        "title",
+    ]
+
+
+def test_table_manager_caches_its_recovery_in_recovery():
+    """TableManager.recovery is a property over ``self._recovery`` (None until first use)."""
+    from faust.tables import TableManager
+
+    source = Path(inspect.getfile(TableManager)).read_text()
+    assert "self._recovery" in source and isinstance(TableManager.recovery, property)
+
+
+def test_rocksdb_stores_keep_partition_dbs_in_dbs():
+    """The RocksDB store keeps one db per partition in ``_dbs`` and a ``_key_index`` cache."""
+    from faust.stores.rocksdb import Store
+
+    source = Path(inspect.getfile(Store)).read_text()
+    assert "self._dbs" in source and "self._key_index" in source
+    assert callable(Store.partition_path)

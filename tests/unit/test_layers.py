@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Private names of Faust (and its aiokafka driver) the project reaches, as written in code.
 FAUST_PRIVATE = re.compile(
     r"_committed_offset|_ensure_producer|_consumer_wait_empty|\._assignment\b|\._consumer\b"
-    r"|table\.data\b|\.data\[key\]"
+    r"|table\.data\b|\.data\[key\]|_build_offsets|\._recovery\b|_dbs\b|_key_index\b"
 )
 
 

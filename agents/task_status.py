@@ -24,6 +24,7 @@ published outcome). Entries older than
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ _OUTCOME_FIELDS = (
     "duration_ms",
     "sha256",
     "next_attempt_at",
+    "completion",
 )
 _INTERNAL = ("_ts", "_partition")  # epoch seconds of the last change, and the entry's partition
 PURGE_BATCH = 500
@@ -314,6 +316,8 @@ class TaskStatuses:
                     "error_code",
                     "error_message",
                     "retryable",
+                    "completion",
+                    "metadata",
                 )
             },
         }
@@ -332,6 +336,8 @@ class TaskStatuses:
             self._queued.append(batch)
         batch.entries.append((task_id, update))
         batch.size += _ENTRY_OVERHEAD + sum(len(v) for v in update.values() if type(v) is str)
+        if update.get("metadata"):  # up to 16 KiB each: counted, or a batch could pass 1 MiB
+            batch.size += len(json.dumps(update["metadata"]))
         if len(batch.entries) >= BATCH_MAX_ENTRIES or batch.size >= BATCH_MAX_BYTES:
             del self._open[partition]  # the next change of this partition opens another
             self._flush_soon(0)
@@ -499,4 +505,5 @@ def _task_fields(task: TransferTask) -> dict[str, Any]:
         "src_path": task.src_path,
         "dst_id": task.dst_id,
         "dst_path": task.dst_path,
+        "metadata": task.metadata,  # None is left out (merge_status skips it)
     }

@@ -21,6 +21,7 @@ from agents.retries import RetryPolicy, RetryQueue
 from agents.session_reports import FleetSessions
 from agents.task_status import TaskStatuses
 from agents.tasks import TaskHandler, register_agent
+from agents.transfer.completion_journal import CompletionJournal
 from agents.transfer.runner import TransferRunner
 from agents.transfer.temp_journal import TempJournal
 from app.cli.commands import register_commands
@@ -129,6 +130,8 @@ class FtpPoolerApp(faust.App):
         if removed:
             log.warning("temp_files_removed", count=removed, reason="left by a previous run")
         self.runner.journal = self.journal
+        data_dir = self.settings.worker.data_dir
+        self.runner.completer.journal = CompletionJournal(data_dir / "completions.journal")
 
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()

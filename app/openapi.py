@@ -44,6 +44,8 @@ def _schemas() -> dict[str, Any]:
                 "src_path": path,
                 "dst_id": _string(MAX_ID_CHARS, description="A connection id."),
                 "dst_path": path,
+                "completion": _COMPLETION,
+                "metadata": _METADATA,
             },
         },
         "Accepted": {
@@ -102,6 +104,8 @@ def _schemas() -> dict[str, Any]:
                 "error_code": {"type": "string"},
                 "error_message": {"type": "string"},
                 "retryable": {"type": "boolean"},
+                "completion": {"type": "object", "description": "What was done to the source."},
+                "metadata": {"type": "object"},
                 "last_error_code": {"type": "string"},
                 "last_error_message": {"type": "string"},
                 "answered_by": {
@@ -321,3 +325,37 @@ def openapi_document(
         },
         "components": components,
     }
+
+
+# The task's optional fields (models/task.py): kept out of the builder above so that deriving
+# the schema from the pydantic model can replace them in one place.
+_COMPLETION: dict[str, Any] = {
+    "description": "What to do with the source once the destination is in place; absent: the "
+    "source connection's default (connections.ini `completion`), else none.",
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["action"],
+            "additionalProperties": False,
+            "properties": {"action": {"type": "string", "enum": ["none", "delete"]}},
+        },
+        {
+            "type": "object",
+            "required": ["action", "target"],
+            "additionalProperties": False,
+            "properties": {
+                "action": {"type": "string", "enum": ["move"]},
+                "target": {
+                    "type": "string",
+                    "maxLength": 4096,
+                    "pattern": "^([^{}\\x00]|\\{(name|stem|suffix|dir|task_id|yyyy|mm|dd|hh)\\})+$",
+                    "description": "A template, e.g. /archive/{yyyy}/{mm}/{name}",
+                },
+            },
+        },
+    ],
+}
+_METADATA: dict[str, Any] = {
+    "type": "object",
+    "description": "Any JSON object up to 16 KiB (compact JSON), echoed in the result.",
+}

@@ -332,6 +332,7 @@ def openapi_document(
 _COMPLETION: dict[str, Any] = {
     "description": "What to do with the source once the destination is in place; absent: the "
     "source connection's default (connections.ini `completion`), else none.",
+    "nullable": True,
     "oneOf": [
         {
             "type": "object",
@@ -357,5 +358,6 @@ _COMPLETION: dict[str, Any] = {
 }
 _METADATA: dict[str, Any] = {
     "type": "object",
+    "nullable": True,
     "description": "Any JSON object up to 16 KiB (compact JSON), echoed in the result.",
 }

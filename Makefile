@@ -53,13 +53,14 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/python -m scripts.layers
 
-# Larger delivery runs than `make test` (10x the crash-safety tasks), on their own broker.
+# Larger delivery runs than `make test` (10x the crash-safety and completion tasks), own broker.
 SOAK_KAFKA_PORT ?= 19992
-soak: setup kafka-fetch
+soak: setup kafka-fetch compat-setup
 	KAFKA_PORT=$(SOAK_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-soak scripts/local-kafka.sh up
 	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(SOAK_KAFKA_PORT) FTP_POOLER_SOAK_SCALE=10 \
 	  FTP_POOLER_TEST_KAFKA_STATE=$(CURDIR)/.local/kafka-soak \
-	  $(BIN)/pytest -s tests/integration/test_delivery.py tests/integration/test_poison.py; \
+	  $(BIN)/pytest -s tests/integration/test_delivery.py tests/integration/test_poison.py \
+	  tests/compat/test_completion_e2e.py; \
 	status=$$?; KAFKA_PORT=$(SOAK_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-soak \
 	  scripts/local-kafka.sh down; exit $$status
 

@@ -16,7 +16,12 @@ RETRY_INITIAL_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 
 
-async def send_until_acked(topic: Any, key: bytes | None, value: bytes) -> None:
+Headers = list[tuple[str, bytes]]
+
+
+async def send_until_acked(
+    topic: Any, key: bytes | None, value: bytes, headers: Headers | None = None
+) -> None:
     """Send and wait for the broker's acknowledgement, retrying (with backoff) until it comes.
 
     Callers ack the task's offset only after this returns, so nothing is lost while Kafka is
@@ -25,7 +30,7 @@ async def send_until_acked(topic: Any, key: bytes | None, value: bytes) -> None:
     delay = RETRY_INITIAL_SECONDS
     while True:
         try:
-            delivery = await topic.send(key=key, value=value)
+            delivery = await topic.send(key=key, value=value, headers=headers or None)
             await delivery
             return
         except asyncio.CancelledError:
@@ -48,8 +53,9 @@ class ResultPublisher:
         self.results_topic = results_topic
         self.failures_topic = failures_topic
 
-    async def publish(self, result: TransferResult) -> None:
+    async def publish(self, result: TransferResult, headers: Headers | None = None) -> None:
+        """``headers``: the task message's Kafka headers, copied unchanged to the result's."""
         topic = self.results_topic if result.status == Status.SUCCESS else self.failures_topic
         key = result.task_id.encode("utf-8") if result.task_id is not None else None
         value = json.dumps(result.to_wire(), ensure_ascii=False, separators=(",", ":")).encode()
-        await send_until_acked(topic, key, value)
+        await send_until_acked(topic, key, value, headers)

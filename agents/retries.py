@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agents.publisher import send_until_acked
+from agents.publisher import Headers, send_until_acked
 from models.result import Status, TransferResult
 from models.task import TransferTask, parse_task
 
@@ -105,6 +105,7 @@ class RetryQueue:
         error_code: str,
         error_message: str,
         deferrals: int = 0,
+        headers: Headers | None = None,
     ) -> float:
         """Returns the delay chosen: the backoff after ``attempts_done`` attempts, or, for a
         deferred task, a backoff of its own that grows with each deferral (capped at 30 s)."""
@@ -120,5 +121,6 @@ class RetryQueue:
             error_message=error_message,
             deferrals=deferrals,
         )
-        await send_until_acked(self.topic, task.task_id.encode(), entry.encode())
+        # The task message's headers ride along as the retry message's own.
+        await send_until_acked(self.topic, task.task_id.encode(), entry.encode(), headers)
         return delay

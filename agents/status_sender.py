@@ -13,6 +13,7 @@ deferred) sooner, and their outcome is then the only change sent, which halves t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ _RESULT_FIELDS = (
     "error_code",
     "error_message",
     "retryable",
+    "completion",
+    "metadata",
 )
 
 
@@ -251,6 +254,8 @@ class StatusSender(mode.Service):
         value = change.to_json()
         batch.entries.append((change.task_id, value))
         batch.size += _ENTRY_OVERHEAD + sum(len(v) for v in value.values() if type(v) is str)
+        if change.metadata:  # up to 16 KiB each: counted, or a batch could pass 1 MiB
+            batch.size += len(json.dumps(change.metadata))
         if len(batch.entries) >= BATCH_MAX_ENTRIES or batch.size >= BATCH_MAX_BYTES:
             del self._open[partition]  # the next change of this partition opens another
             batch.due = now
@@ -339,5 +344,6 @@ def _from_task(task: TransferTask, state: TaskState, **fields: Any) -> StatusEnt
         src_path=task.src_path,
         dst_id=task.dst_id,
         dst_path=task.dst_path,
+        metadata=task.metadata,
         **fields,
     )

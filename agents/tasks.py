@@ -15,7 +15,7 @@ import faust
 import structlog
 
 from agents.in_flight import InFlight
-from agents.publisher import ResultPublisher
+from agents.publisher import Headers, ResultPublisher
 from agents.retries import RetryEntry, RetryPolicy, RetryQueue
 from agents.status_sender import NoStatus, StatusRecorder
 from agents.transfer.runner import TransferRunner, utc_now
@@ -70,12 +70,13 @@ class TaskHandler:
     async def handle_task(self, event: Any) -> None:
         """A message from ``ftp-tasks``."""
         raw = event.value
+        headers = message_headers(event.message)
         try:
             task = parse_task(raw)
         except InvalidTask as exc:
-            await self._finish(self.unreadable(raw, event.message, exc))
+            await self._finish(self.unreadable(raw, event.message, exc), headers)
             return
-        await self.attempt(task, 1)
+        await self.attempt(task, 1, headers=headers)
 
     async def handle_retry(self, event: Any) -> None:
         """A parked retry: wait until it is due (holding nothing), then try again."""
@@ -83,8 +84,10 @@ class TaskHandler:
             entry = RetryEntry.decode(event.value)
         except Exception as exc:
             error = UnknownError(f"unreadable retry entry: {type(exc).__name__}: {exc}")
-            await self._finish(self.unreadable(event.value, event.message, error))
+            unreadable = self.unreadable(event.value, event.message, error)
+            await self._finish(unreadable, message_headers(event.message))
             return
+        headers = message_headers(event.message)
         delay = entry.due_at - self._clock()
         if delay > 0:
             try:
@@ -93,18 +96,27 @@ class TaskHandler:
                 pass  # due now
             else:
                 raise asyncio.CancelledError  # not acked: redelivered with its due time
-        await self.attempt(entry.task, entry.attempts + 1, entry.deferrals)
+        await self.attempt(entry.task, entry.attempts + 1, entry.deferrals, headers)
 
-    async def attempt(self, task: TransferTask, attempt: int, deferrals: int = 0) -> None:
-        with structlog.contextvars.bound_contextvars(
-            task_id=task.task_id, src_id=task.src_id, dst_id=task.dst_id
-        ):
+    async def attempt(
+        self,
+        task: TransferTask,
+        attempt: int,
+        deferrals: int = 0,
+        headers: Headers | None = None,
+    ) -> None:
+        """``headers``: the task message's, copied to its result (and to a parked retry)."""
+        context = {"task_id": task.task_id, "src_id": task.src_id, "dst_id": task.dst_id}
+        trace_id = trace_id_of(headers)
+        if trace_id is not None:
+            context["trace_id"] = trace_id
+        with structlog.contextvars.bound_contextvars(**context):
             await self.status.attempt_started(task, attempt)
             try:
                 result = await self.runner.run(task, attempt)
             except Deferred as exc:
                 delay = await self.retries.park(
-                    task, attempt - 1, exc.error_code.value, exc.message, deferrals + 1
+                    task, attempt - 1, exc.error_code.value, exc.message, deferrals + 1, headers
                 )
                 await self.status.parked(
                     task, attempt - 1, delay, exc.error_code.value, exc.message, deferrals
@@ -118,7 +130,11 @@ class TaskHandler:
                 return
             if self.policy.should_retry(result, attempt):
                 delay = await self.retries.park(
-                    task, attempt, result.error_code or "", result.error_message or ""
+                    task,
+                    attempt,
+                    result.error_code or "",
+                    result.error_message or "",
+                    headers=headers,
                 )
                 await self.status.parked(
                     task, attempt, delay, result.error_code or "", result.error_message or ""
@@ -132,10 +148,10 @@ class TaskHandler:
                 )
                 self.on_retry(result)
                 return
-            await self._finish(result)
+            await self._finish(result, headers)
 
-    async def _finish(self, result: TransferResult) -> None:
-        await self.publisher.publish(result)
+    async def _finish(self, result: TransferResult, headers: Headers | None = None) -> None:
+        await self.publisher.publish(result, headers)
         await self.status.finished(result)
         if result.status == Status.SUCCESS:
             log.info(
@@ -144,6 +160,7 @@ class TaskHandler:
                 bytes=result.bytes_transferred,
                 duration_ms=result.duration_ms,
                 attempts=result.attempts,
+                **({"completion": result.completion} if result.completion else {}),
             )
         elif result.src_id is not None:
             log.warning(
@@ -186,6 +203,34 @@ class TaskHandler:
             raw_value=raw_value_text(raw),
             source=source,
         )
+
+
+def message_headers(message: Any) -> Headers:
+    """A Kafka message's headers as (name, bytes) pairs, in order (repeats kept)."""
+    headers = getattr(message, "headers", None) or []
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return [(str(name), bytes(value or b"")) for name, value in headers]
+
+
+def trace_id_of(headers: Headers | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header (version-traceid-parentid-flags), or of
+    a ``trace_id`` header; None when absent or malformed."""
+    for name, value in headers or ():
+        lowered = name.lower()
+        text = value.decode("ascii", errors="replace").strip()
+        if lowered == "traceparent":
+            parts = text.split("-")
+            trace = parts[1] if len(parts) >= 4 else ""
+            if len(trace) == 32 and _is_hex(trace) and trace != "0" * 32:
+                return trace.lower()
+        elif lowered == "trace_id" and 0 < len(text) <= 64 and text.isprintable():
+            return text
+    return None
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def register_agent(

@@ -25,6 +25,7 @@ from agents.status_sender import StatusSender
 from agents.status_table import TABLE_NAME as STATUS_TABLE
 from agents.status_table import StatusTable
 from agents.tasks import TaskHandler, register_agent
+from agents.transfer.completion import Completer
 from agents.transfer.runner import TransferRunner
 from agents.transfer.temp_journal import WorkerJournal
 from app.logs import config_summary, configure_logging
@@ -94,6 +95,7 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
             max_duration=settings.transfer.max_duration_seconds,
             verify_size=settings.transfer.verify_size,
             local_io_timeout=settings.transfer.local_io_timeout_seconds,
+            completer=Completer(journal_path=group_state_dir(settings) / "completions.journal"),
         )
 
         # Topics and tables.
@@ -244,8 +246,9 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         await super().on_first_start()
         await self._declare_internal_topics()
         self._started_at = time.monotonic()
-        # Only a worker opens the temp-file journal (see WorkerJournal).
+        # Only a worker opens its journals (see WorkerJournal and Completer.open_journal).
         removed = self.journal.open().remove_local_leftovers()
+        self.runner.completer.open_journal()
         if removed:
             log.warning("temp_files_removed", count=removed, reason="left by a previous run")
 

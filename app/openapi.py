@@ -90,6 +90,8 @@ def _schemas() -> dict[str, Any]:
                 "error_code": {"type": "string"},
                 "error_message": {"type": "string"},
                 "retryable": {"type": "boolean"},
+                "completion": {"type": "object", "description": "What was done to the source."},
+                "metadata": {"type": "object"},
                 "last_error_code": {"type": "string"},
                 "last_error_message": {"type": "string"},
                 "answered_by": {

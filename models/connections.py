@@ -10,14 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from models import completion
+from models.completion import CompletionAction
 from models.errors import ConfigError, InvalidConfig
 
 _TLS_KEYS = {"tls_verify", "tls_ca_file", "tls_server_name"}
+_COMPLETION_KEYS = {"completion", "completion_target"}  # the default for tasks from here
 _FTP_KEYS = {"type", "host", "port", "user", "pass", "passive", "max_sessions", "tls", *_TLS_KEYS}
+_FTP_KEYS |= _COMPLETION_KEYS
 _TLS_MODES = ("none", "explicit", "implicit")
 TlsMode = Literal["none", "explicit", "implicit"]
 IMPLICIT_TLS_PORT = 990
-_LOCAL_KEYS = {"type", "base_path"}
+_LOCAL_KEYS = {"type", "base_path", *_COMPLETION_KEYS}
 _INLINE_COMMENT = re.compile(r"\s[;#]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -39,6 +43,7 @@ class FtpConnection:
     tls_verify: bool = True
     tls_ca_file: Path | None = None
     tls_server_name: str | None = None
+    completion: CompletionAction | None = None  # for downloads from here, unless the task says
 
     def public(self) -> dict[str, Any]:
         """Settings safe to show anywhere (never the password)."""
@@ -54,6 +59,7 @@ class FtpConnection:
             "tls_verify": self.tls_verify,
             "tls_ca_file": str(self.tls_ca_file) if self.tls_ca_file else None,
             "tls_server_name": self.tls_server_name,
+            **_public_completion(self.completion),
         }
 
 
@@ -63,10 +69,20 @@ class LocalConnection:
 
     id: str
     base_path: Path
+    completion: CompletionAction | None = None  # for uploads from here, unless the task says
 
     def public(self) -> dict[str, Any]:
         """Settings safe to show anywhere."""
-        return {"id": self.id, "type": "local", "base_path": str(self.base_path)}
+        return {
+            "id": self.id,
+            "type": "local",
+            "base_path": str(self.base_path),
+            **_public_completion(self.completion),
+        }
+
+
+def _public_completion(action: CompletionAction | None) -> dict[str, Any]:
+    return {"completion": action.as_dict()} if action is not None else {}
 
 
 Connection = FtpConnection | LocalConnection
@@ -170,7 +186,9 @@ def _parse_section(source: str, section: str, values: Mapping[str, str]) -> Conn
         base = Path(raw_base)
         if not base.is_absolute():
             raise fail("base_path", f"must be an absolute path, got {raw_base!r}")
-        return LocalConnection(id=section, base_path=base)
+        return LocalConnection(
+            id=section, base_path=base, completion=completion.from_settings(values, fail)
+        )
 
     host = values.get("host", "").strip()
     if not host:
@@ -199,6 +217,7 @@ def _parse_section(source: str, section: str, values: Mapping[str, str]) -> Conn
         tls_verify=tls_verify,
         tls_ca_file=ca_file,
         tls_server_name=server_name,
+        completion=completion.from_settings(values, fail),
     )
 
 

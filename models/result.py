@@ -47,6 +47,10 @@ class TransferResult(faust.Record, serializer="json", include_metadata=False):
     retryable: bool | None = None
     raw_value: str | None = None
     source: dict[str, Any] | None = None
+    # {"action": "delete" | "move", "status": "done" | "failed", "target"?, "error"?}: what was
+    # done to the source after a success (absent when the action is none).
+    completion: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # the task's, unchanged
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object as published: fields that do not apply to this outcome are left out."""
@@ -59,6 +63,8 @@ class TransferResult(faust.Record, serializer="json", include_metadata=False):
             "retryable",
             "raw_value",
             "source",
+            "completion",
+            "metadata",
         )
         for name in optional:
             if wire.get(name) is None:

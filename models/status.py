@@ -33,6 +33,7 @@ OUTCOME_FIELDS = (
     "duration_ms",
     "sha256",
     "next_attempt_at",
+    "completion",
 )
 # The API shows these first, in this order.
 _LEADING = ("task_id", "state", "attempts", "worker", "error_code", "error_message", "retryable")
@@ -66,7 +67,8 @@ class StatusEntry:
     bytes_transferred: int | None = None
     duration_ms: int | None = None
     sha256: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # the task's own, echoed
+    completion: dict[str, Any] | None = None  # what the completion action did
     # Set on a change only: a new submission, which starts the entry afresh.
     submitted: bool = False
     updated_ts: float = 0.0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+import math
+from typing import Annotated, Any, Literal
 
 import faust
 import pydantic
 
+from models.completion import CompletionAction, check_action
 from models.errors import InvalidTask
 
 MAX_ID_CHARS = 256
@@ -14,6 +17,8 @@ MAX_PATH_CHARS = 4096
 # A valid task is under 9 KiB even with every field at its limit; anything far larger is rejected
 # before parsing, so a multi-megabyte poison value is never copied into a JSON document.
 MAX_TASK_BYTES = 64 * 1024
+# ``metadata`` as compact JSON (UTF-8); echoed in the result, so it stays well under the task's cap.
+MAX_METADATA_BYTES = 16 * 1024
 
 
 def _no_nul(value: str) -> str:
@@ -39,6 +44,80 @@ _Path = Annotated[
 ]
 
 
+def _metadata_bounded(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    _finite(value)
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"is {size} bytes as compact JSON; at most {MAX_METADATA_BYTES} allowed")
+    return value
+
+
+def _finite(value: Any) -> None:
+    """Infinity and NaN would not survive the trip back out as JSON (1e999 parses as inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if isinstance(value, dict):
+        for item in value.values():
+            _finite(item)
+    elif isinstance(value, list):
+        for item in value:
+            _finite(item)
+
+
+class _CompletionSchema(pydantic.BaseModel):
+    """``{"action": "none" | "delete" | "move", "target": template}`` (target with move only)."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    action: Literal["none", "delete", "move"]
+    target: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _target_fits_action(self) -> _CompletionSchema:
+        problem = check_action(self.action, self.target)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+# The OpenAPI description of the two optional task fields (the validators above say more than
+# pydantic can derive: a target with move only, the template's placeholders, the size bound).
+_COMPLETION: dict[str, Any] = {
+    "description": "What to do with the source once the destination is in place; absent: the "
+    "source connection's default (connections.ini `completion`), else none.",
+    "nullable": True,
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["action"],
+            "additionalProperties": False,
+            "properties": {"action": {"type": "string", "enum": ["none", "delete"]}},
+        },
+        {
+            "type": "object",
+            "required": ["action", "target"],
+            "additionalProperties": False,
+            "properties": {
+                "action": {"type": "string", "enum": ["move"]},
+                "target": {
+                    "type": "string",
+                    "maxLength": 4096,
+                    "pattern": "^([^{}\\x00]|\\{(name|stem|suffix|dir|task_id|yyyy|mm|dd|hh)\\})+$",
+                    "description": "A template, e.g. /archive/{yyyy}/{mm}/{name}",
+                },
+            },
+        },
+    ],
+}
+_METADATA: dict[str, Any] = {
+    "type": "object",
+    "nullable": True,
+    "description": "Any JSON object up to 16 KiB (compact JSON), echoed in the result.",
+}
+
+
 class TaskSchema(pydantic.BaseModel):
     """What a task must look like on the wire; strict, so 123 is not accepted as "123"."""
 
@@ -49,6 +128,12 @@ class TaskSchema(pydantic.BaseModel):
     src_path: _Path
     dst_id: _Id
     dst_path: _Path
+    completion: Annotated[_CompletionSchema | None, pydantic.WithJsonSchema(_COMPLETION)] = None
+    metadata: Annotated[
+        dict[str, Any] | None,
+        pydantic.AfterValidator(_metadata_bounded),
+        pydantic.WithJsonSchema(_METADATA),
+    ] = None
 
 
 class TransferTask(faust.Record, serializer="json", include_metadata=False):
@@ -59,6 +144,15 @@ class TransferTask(faust.Record, serializer="json", include_metadata=False):
     src_path: str
     dst_id: str
     dst_path: str
+    completion: dict[str, Any] | None = None  # as given; see :meth:`completion_action`
+    metadata: dict[str, Any] | None = None  # the client's, echoed unchanged in the result
+
+    def completion_action(self) -> CompletionAction | None:
+        """The task's own completion action, None when it names none (the connection's
+        default then applies)."""
+        if self.completion is None:
+            return None
+        return CompletionAction(self.completion["action"], self.completion.get("target"))
 
 
 def parse_task(raw: bytes | None) -> TransferTask:
@@ -71,7 +165,10 @@ def parse_task(raw: bytes | None) -> TransferTask:
         schema = TaskSchema.model_validate_json(raw)
     except pydantic.ValidationError as exc:
         raise InvalidTask(describe_validation_error(exc)) from None
-    return TransferTask(**schema.model_dump())
+    fields = schema.model_dump(exclude={"completion"})
+    if schema.completion is not None:
+        fields["completion"] = schema.completion.model_dump(exclude_none=True)
+    return TransferTask(**fields)
 
 
 def peek_task_id(raw: bytes | None) -> str | None:
@@ -95,7 +192,7 @@ def describe_validation_error(exc: pydantic.ValidationError) -> str:
         location = ".".join(str(part) for part in error["loc"]) or "value"
         if error["type"] in ("json_invalid", "json_type"):
             problems.append(f"value is not a JSON object ({error['msg']})")
-        elif error["type"] == "model_type":
+        elif error["type"] == "model_type" and not error["loc"]:
             problems.append("value must be a JSON object")
         else:
             problems.append(f"{location}: {error['msg']}")
@@ -106,6 +203,7 @@ def task_json_schema() -> dict[str, Any]:
     """The JSON schema of a task, from the same model that validates it (for OpenAPI)."""
     schema = TaskSchema.model_json_schema()
     schema.pop("title", None)
+    schema.pop("$defs", None)
     schema["description"] = "One file to move. Unknown extra fields are ignored."
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)

@@ -374,6 +374,24 @@ class FTPSession(SessionLifecycle):
 
         return await self._run("destination", body(), path)
 
+    async def probe(self, path: str) -> tuple[bool, int | None]:
+        """Whether ``path`` exists (SIZE; a 550 is "no", not an error) and its size, None where
+        the server has no SIZE (then the file is taken to exist). Used by completion actions."""
+
+        async def body() -> tuple[bool, int | None]:
+            try:
+                info = await self.control.command(f"SIZE {path}", "213")
+            except aioftp.StatusCodeError as exc:
+                codes = {str(code) for code in exc.received_codes}
+                if "550" in codes:
+                    return False, None
+                if codes & {"500", "502", "504"}:
+                    return True, None
+                raise
+            return True, int(info[-1].strip().split()[-1])
+
+        return await self._run("command", body(), path)
+
     def _where(self, path: str = "") -> str:
         return f"{self.where}{posixpath.join('/', path) if path else ''}"
 

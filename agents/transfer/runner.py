@@ -15,8 +15,11 @@ from typing import Any
 
 import structlog
 
+from agents.transfer.completion import Completer, file_digest
+from agents.transfer.completion_journal import Delivery
 from agents.transfer.local_files import AtomicFile, HashingReader, jail, local_io, temp_name
 from agents.transfer.temp_journal import TempFile, TempRecord
+from models.completion import NONE, CompletionAction
 from models.connections import FtpConnection, LocalConnection, Registry
 from models.errors import (
     Deferred,
@@ -44,7 +47,8 @@ class Moved:
 
     size: int
     sha256: str
-    size_verified: bool
+    size_verified: bool = False  # the server confirmed the length (150 reply, SIZE, MLST)
+    completion: dict[str, Any] | None = None  # the completion action's outcome, if any
 
 
 class TransferRunner:
@@ -61,6 +65,7 @@ class TransferRunner:
         verify_size: bool = True,
         journal: TempRecord | None = None,
         local_io_timeout: float | None = None,
+        completer: Completer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -72,6 +77,7 @@ class TransferRunner:
         self.journal = journal
         if local_io_timeout is not None:
             local_io.timeout = local_io_timeout
+        self.completer = completer or Completer()
         self._clock = clock
         # Remote directories known to exist, so uploads do not probe them on every task.
         self._known_dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -86,11 +92,15 @@ class TransferRunner:
         direction: Direction | None = None
         try:
             direction, remote, local = self._plan(task)
+            action = _completion_of(task, direction, remote, local)
             async with asyncio.timeout(self.max_duration):
-                if direction is Direction.DOWNLOAD:
-                    moved = await self._download(task, remote, local)
+                resumed = await self._resume(task, direction, action, remote, local)
+                if resumed is not None:
+                    moved = resumed
+                elif direction is Direction.DOWNLOAD:
+                    moved = await self._download(task, remote, local, action)
                 else:
-                    moved = await self._upload(task, local, remote)
+                    moved = await self._upload(task, local, remote, action)
         except Deferred:
             raise  # not an attempt: the caller parks the task
         except TimeoutError:
@@ -130,8 +140,48 @@ class TransferRunner:
             "a task must move a file between an ftp and a local connection"
         )
 
+    async def _resume(
+        self,
+        task: TransferTask,
+        direction: Direction,
+        action: CompletionAction,
+        remote: FtpConnection,
+        local: LocalConnection,
+    ) -> Moved | None:
+        """A redelivered task whose file was delivered already (see agents.transfer.completion):
+        its recorded or resumed action, with no second transfer; None to run it afresh."""
+        if not action.active:
+            return None
+        wanted = self.completer.delivery(task, direction.value, action, 0, "")
+        entry = self.completer.previous(wanted)
+        if entry is None:
+            return None
+        outcome = entry.outcome
+        if direction is Direction.DOWNLOAD:
+            found = await asyncio.to_thread(file_digest, jail(local.base_path, task.dst_path))
+            if found != (entry.size, entry.sha256):
+                return None  # not the file delivered (any more): run afresh
+            if outcome is None:
+                async with self.pools.session(remote.id) as session:
+                    outcome = await self.completer.resume_remote(session, entry)
+        else:
+            async with self.pools.session(remote.id) as session:
+                exists, size = await session.probe(task.dst_path)
+            if not exists or size not in (None, entry.size):
+                return None
+            if outcome is None:
+                outcome = await self.completer.resume_local(local.base_path, entry)
+        if outcome is None:
+            return None
+        log.info("transfer_resumed", completion=outcome["action"], status=outcome["status"])
+        return Moved(entry.size, entry.sha256, completion=outcome)
+
     async def _download(
-        self, task: TransferTask, remote: FtpConnection, local: LocalConnection
+        self,
+        task: TransferTask,
+        remote: FtpConnection,
+        local: LocalConnection,
+        action: CompletionAction = NONE,
     ) -> Moved:
         target = AtomicFile(
             jail(local.base_path, task.dst_path), task.dst_path, self.journal, self.block_size
@@ -152,10 +202,29 @@ class TransferRunner:
             except BaseException:
                 await asyncio.shield(target.discard())
                 raise
-        return Moved(target.size, target.sha256, verified)
+            # The destination is complete and in place: only now is the source touched.
+            completion = None
+            if action.active:
+                entry = self._delivery(task, Direction.DOWNLOAD, action, target.size, target.sha256)
+                completion = await self.completer.on_remote(session, entry)
+        return Moved(target.size, target.sha256, verified, completion)
+
+    def _delivery(
+        self,
+        task: TransferTask,
+        direction: Direction,
+        action: CompletionAction,
+        size: int,
+        sha256: str,
+    ) -> Delivery:
+        return self.completer.delivery(task, direction.value, action, size, sha256)
 
     async def _upload(
-        self, task: TransferTask, local: LocalConnection, remote: FtpConnection
+        self,
+        task: TransferTask,
+        local: LocalConnection,
+        remote: FtpConnection,
+        action: CompletionAction = NONE,
     ) -> Moved:
         reader = HashingReader(jail(local.base_path, task.src_path), task.src_path, self.block_size)
         handle = await reader.open()  # a missing source fails before a session is taken
@@ -186,7 +255,11 @@ class TransferRunner:
                 await asyncio.shield(self.remove_remote(entry))
                 self._known_dirs.pop((remote.id, directory), None)
             raise
-        return Moved(reader.size, reader.sha256, verified)
+        completion = None
+        if action.active:
+            delivered = self._delivery(task, Direction.UPLOAD, action, reader.size, reader.sha256)
+            completion = await self.completer.on_local(local.base_path, delivered)
+        return Moved(reader.size, reader.sha256, verified, completion)
 
     async def _ensure_directory(self, session: FTPSession, conn_id: str, directory: str) -> None:
         if directory in ("", "/", "."):
@@ -239,6 +312,7 @@ class TransferRunner:
             "timestamp": utc_now(),
             "attempts": attempt,
             "worker": self.worker_id,
+            "metadata": task.metadata,
         }
         if moved is not None:
             return TransferResult(
@@ -246,6 +320,7 @@ class TransferRunner:
                 bytes_transferred=moved.size,
                 sha256=moved.sha256,
                 size_verified=moved.size_verified,
+                completion=moved.completion,
                 **fields,
             )
         assert error is not None
@@ -257,6 +332,14 @@ class TransferRunner:
             retryable=error.retryable,
             **fields,
         )
+
+
+def _completion_of(
+    task: TransferTask, direction: Direction, remote: FtpConnection, local: LocalConnection
+) -> CompletionAction:
+    """The task's own action, else its source connection's default, else none."""
+    source = remote if direction is Direction.DOWNLOAD else local
+    return task.completion_action() or source.completion or NONE
 
 
 def _check_size(remote_size: int | None, local_size: int, path: str) -> bool:

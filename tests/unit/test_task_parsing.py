@@ -21,9 +21,9 @@ def encode(value: object) -> bytes:
 
 
 def test_valid_task_parses_and_ignores_unknown_fields():
-    """Extra fields are ignored; the Record carries the five contract fields."""
+    """Extra fields are ignored; the Record carries the contract fields (optional ones None)."""
     task = parse_task(encode({**VALID, "priority": 3}))
-    assert task.asdict() == VALID
+    assert task.asdict() == {**VALID, "completion": None, "metadata": None}
 
 
 @pytest.mark.parametrize(

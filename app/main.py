@@ -227,6 +227,12 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
             token_required=api.token is not None,
         )
 
+    async def load_route_metadata(self) -> None:
+        """Give the producer the status changelog's partitions (immediate once known), which
+        ``table_route`` needs to hash a task_id to its owner."""
+        changelog = self.statuses.table.changelog_topic.get_topic_name()
+        await faust_door.raw_producer(self).partitions_for(changelog)
+
     async def send_task(self, key: bytes, value: bytes) -> Any:
         """Produce one task to the input topic (``POST /tasks``); returns the delivery future."""
         return await self.input_topic.send(key=key, value=value)

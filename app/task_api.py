@@ -233,6 +233,9 @@ def register_task_views(
                 # Partitions are moving: the owner of the id may not be known or recovered yet.
                 return self.json(not_ready.body, status=503, headers=not_ready.headers)
             try:
+                # table_route hashes the id with the producer's metadata of the changelog;
+                # make sure it has it (it can lack it after a rebalance: TypeError inside).
+                await worker.load_route_metadata()
                 response: Response = await routed(self, request, task_id=task_id)
             except WebError:
                 raise  # Faust answers these itself (e.g. 503 while no owner is known)

@@ -27,6 +27,8 @@ class Worker(Protocol):
 
     def openapi(self) -> dict[str, Any]: ...
 
+    async def load_route_metadata(self) -> None: ...
+
 
 def register_views(app: faust.App, worker: Worker) -> None:
     """Attach the views to ``app``'s web server; each reads ``worker`` at request time."""

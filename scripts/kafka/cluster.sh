@@ -2,7 +2,7 @@
 # provides fetch, log, running_pid, $root, $version, $libs, $log_config and $python.
 #
 #   cluster-up       fetch, format (once), start every node not running, wait until each lists 3 brokers
-#   cluster-down     SIGTERM every node at once, SIGKILL what is left after 20 s
+#   cluster-down     SIGTERM every node at once, SIGKILL what is left after $KAFKA_STOP_TIMEOUT (20) s
 #   cluster-status   one line per node; exit 0 when every node answers and lists 3 brokers
 #   node-kill N      SIGKILL node N (a crash: no controlled shutdown)
 #   node-stop N      SIGTERM node N and wait for it (a controlled shutdown)
@@ -86,14 +86,16 @@ listeners=$listeners
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$dir/data
+# Controllers need this too: with eligible leader replicas (4.x) the active controller records its
+# own min.insync.replicas as the cluster-wide default, which then overrides the brokers' setting.
+min.insync.replicas=2
+default.replication.factor=3
 PROPS
   if [ "$n" != 0 ]; then
     cat >> "$dir/server.properties" <<PROPS
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 inter.broker.listener.name=PLAINTEXT
 num.partitions=3
-default.replication.factor=3
-min.insync.replicas=2
 auto.create.topics.enable=$cluster_auto_create
 unclean.leader.election.enable=false
 offsets.topic.replication.factor=3
@@ -250,7 +252,7 @@ cluster_down() {
     fi
     rm -f "$(node_dir "$n")/kafka.pid"
   done
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 $((${KAFKA_STOP_TIMEOUT:-20} * 10))); do
     local alive=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break
@@ -258,7 +260,7 @@ cluster_down() {
   done
   for pid in "${pids[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid still alive after 20 s, sending SIGKILL"
+      log "pid $pid still alive after ${KAFKA_STOP_TIMEOUT:-20} s, sending SIGKILL"
       kill -KILL "$pid" || true
     fi
   done

@@ -128,3 +128,27 @@ bench bench-smoke: setup kafka-fetch bench-deps
 	  $(if $(filter bench-smoke,$@),--smoke) $(BENCH_ARGS); status=$$?; \
 	$(BENCH_KAFKA) scripts/local-kafka.sh down; \
 	exit $$status
+
+# The secured broker and the 3-node clusters of scripts/local-kafka.sh (not part of `make test`).
+# Dev instances: SASL_SSL on 19722, mTLS on 19723 (PLAINTEXT 19720), client settings in
+# .local/kafka-secure/client.json; the cluster on 19700/02/04, .local/kafka-cluster-19700/cluster.json.
+SECURE_KAFKA := KAFKA_SECURE=1 KAFKA_PORT=19720 KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-secure
+CLUSTER_KAFKA := KAFKA_CLUSTER_PORT=19700
+
+.PHONY: kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down test-kafka-setups
+
+kafka-secure-up:
+	$(SECURE_KAFKA) scripts/local-kafka.sh up
+
+kafka-secure-down:
+	$(SECURE_KAFKA) scripts/local-kafka.sh down
+
+kafka-cluster-up:
+	$(CLUSTER_KAFKA) scripts/local-kafka.sh cluster-up
+
+kafka-cluster-down:
+	$(CLUSTER_KAFKA) scripts/local-kafka.sh cluster-down
+
+# About three minutes: starts (and stops) its own brokers on ports 19710-19766.
+test-kafka-setups: setup kafka-fetch
+	FTP_POOLER_KAFKA_SETUPS=1 $(BIN)/pytest -p no:cacheprovider tests/integration/test_kafka_setups.py

@@ -43,16 +43,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("address", help="host:port")
     parser.add_argument("--wait", type=float, default=0.0, help="keep trying this many seconds")
+    parser.add_argument("--brokers", type=int, default=1, help="wait until this many are listed")
     args = parser.parse_args()
     host, _, port = args.address.rpartition(":")
     deadline = time.monotonic() + args.wait
     while True:
         try:
             brokers = metadata_broker_count(host, int(port), timeout=3.0)
-            if brokers > 0:
+            if brokers >= max(args.brokers, 1):
                 print(f"kafka at {args.address}: metadata lists {brokers} broker(s)")
                 return 0
-            error = "metadata lists no broker yet"
+            error = (
+                f"metadata lists {brokers} broker(s), waiting for {args.brokers}"
+                if brokers
+                else "metadata lists no broker yet"
+            )
         except OSError as exc:
             error = str(exc) or type(exc).__name__
         if time.monotonic() >= deadline:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agents.transfer.runner import TransferRunner
+from agents.transfer.temp_journal import TempJournal
 from models.connections import FtpConnection, LocalConnection, Registry
 from models.result import TransferResult
 from models.task import TransferTask
@@ -46,7 +47,14 @@ AS_PLAIN_USER = [
 class Rig:
     """One hostile server as connection ``remote``, local storage as ``local``, one session."""
 
-    def __init__(self, server: HostileFTPServer, storage: Path, command_timeout: float = 5):
+    def __init__(
+        self,
+        server: HostileFTPServer,
+        storage: Path,
+        command_timeout: float = 5,
+        journal: Path | None = None,
+    ):
+        """``journal``: where the temp-file journal lives, as a worker has one (None: none)."""
         self.server = server
         self.storage = storage
         remote = FtpConnection("remote", "127.0.0.1", server.port, "u", "p")
@@ -70,7 +78,12 @@ class Rig:
             ),
         )
         self.runner = TransferRunner(
-            self.registry, self.manager, worker_id="hostile", block_size=65536, max_duration=30
+            self.registry,
+            self.manager,
+            worker_id="hostile",
+            block_size=65536,
+            max_duration=30,
+            journal=TempJournal(journal) if journal is not None else None,
         )
         self.seq = 0
 
@@ -251,7 +264,9 @@ class Port:
     port = {server.port}
 
 async def main():
-    async with Rig(Port, Path({str(nobody_dir)!r})) as rig:
+    # With a temp-file journal, as a worker has: the cleanup then checks the temporary.
+    journal = Path({str(nobody_dir)!r}) / "temp-files.journal"
+    async with Rig(Port, Path({str(nobody_dir)!r}), journal=journal) as rig:
         result = await rig.run("remote", "/big.bin", "local", "/locked/big.bin")
     print(json.dumps(result.to_wire()))
 

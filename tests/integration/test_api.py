@@ -59,7 +59,7 @@ def partition_of(task_id: str) -> int:
     """The partition a worker files task_id's status under (JSON key, murmur2), computed here
     independently of the app's code."""
     key = faust_json.dumps(task_id).encode()
-    return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+    return int(murmur2(key) & 0x7FFFFFFF) % PARTITIONS
 
 
 def watch_startup(worker: Worker, timeout: float = 60) -> list[tuple[int, int]]:

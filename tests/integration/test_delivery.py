@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from scripts.ftpd import EmbeddedFTPServer
 from tests.support.stack import (
@@ -42,7 +43,7 @@ FAST_RETRIES = {
 
 
 class Setup:
-    def __init__(self, root: Path, partitions: int = 4, **server_options: object) -> None:
+    def __init__(self, root: Path, partitions: int = 4, **server_options: Any) -> None:
         self.root = root
         self.storage = root / "storage"
         self.storage.mkdir()
@@ -76,8 +77,8 @@ class Setup:
         assert leftovers == []
 
 
-def final_by_task(received: list[Received]) -> dict[str, list[dict[str, object]]]:
-    by_task: dict[str, list[dict[str, object]]] = {}
+def final_by_task(received: list[Received]) -> dict[str, list[dict[str, Any]]]:
+    by_task: dict[str, list[dict[str, Any]]] = {}
     for r in received:
         by_task.setdefault(str(r.value["task_id"]), []).append(r.value)
     return by_task

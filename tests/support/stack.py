@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -215,7 +216,7 @@ def task(task_id: str, src_id: str, src_path: str, dst_id: str, dst_path: str) -
 
 
 async def produce(
-    topic: str, values: list[bytes | dict[str, Any]], *, partition: int | None = None
+    topic: str, values: Sequence[bytes | Mapping[str, Any]], *, partition: int | None = None
 ) -> None:
     """Produce raw values (dicts become JSON; key = task_id when there is one)."""
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=5)
@@ -223,7 +224,7 @@ async def produce(
     try:
         futures = []
         for value in values:
-            if isinstance(value, dict):
+            if isinstance(value, Mapping):
                 key = str(value.get("task_id", "")).encode() or None
                 raw = json.dumps(value).encode()
             else:

@@ -14,7 +14,7 @@ KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/tes
 export KAFKA_PORT ?= 19092
 
 .PHONY: setup demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
-	compat-setup test-compat test-kafka-matrix
+	kustomize-setup compat-setup test-compat test-kafka-matrix
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,21 @@ checkov-setup: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+# kustomize renders k8s/ in tests/deploy, built from source through the Go module proxy (no
+# prebuilt download, no kubectl needed). Pinned: v5.8.2 is the newest whose module builds on the
+# machine's Go (1.26); GOTOOLCHAIN=local so a newer pin fails here instead of fetching a Go.
+# About 3 minutes the first time, instant after.
+KUSTOMIZE_VERSION := v5.8.2
+KUSTOMIZE_BIN := .cache/bin
+kustomize-setup: $(KUSTOMIZE_BIN)/.installed-kustomize-$(KUSTOMIZE_VERSION)
+
+$(KUSTOMIZE_BIN)/.installed-kustomize-$(KUSTOMIZE_VERSION):
+	mkdir -p $(KUSTOMIZE_BIN)
+	GOBIN=$(CURDIR)/$(KUSTOMIZE_BIN) GOFLAGS=-mod=mod GOTOOLCHAIN=local \
+	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	$(KUSTOMIZE_BIN)/kustomize version | grep -qx '$(KUSTOMIZE_VERSION)'
 	touch $@
 
 kafka-fetch:
@@ -96,7 +111,7 @@ test-kafka-matrix: setup compat-setup
 	if [ -n "$$failed" ]; then echo "test-kafka-matrix: failed against Kafka$$failed"; exit 1; fi; \
 	echo "test-kafka-matrix: passed against Kafka $(KAFKA_MATRIX_VERSIONS)"
 
-test: setup kafka-fetch lint checkov-setup compat-setup
+test: setup kafka-fetch lint checkov-setup kustomize-setup compat-setup
 	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh down
 	rm -rf $(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT)
 	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh up

@@ -48,7 +48,7 @@ def run(
         FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION=str(transfers),
         FTP_POOLER_POOL__MAX_SESSIONS_PER_POD=str(transfers),
     )
-    runs = []
+    runs: list[dict[str, Any]] = []
     server = Vsftpd(root, workdir / "servers" / "memory")
     with server:
         for repeat in range(1, repeats + 1):
@@ -98,7 +98,7 @@ def run(
             complete = all(files == len(sizes) for files, _ in landed) and (
                 sum(size for _, size in landed) == total
             )
-            record = {
+            record: dict[str, Any] = {
                 "repeat": repeat,
                 "loadavg_before": load,
                 "transfers": len(tasks),

@@ -224,8 +224,8 @@ class Bench:
                 plan.append((tool, None))
         for repeat in range(1, self.args.repeats + 1):
             shift = (repeat - 1) % len(plan)
-            for tool, variant in plan[shift:] + plan[:shift]:
-                self.measure(server, dataset, direction, tool, variant, repeat)
+            for tool, planned in plan[shift:] + plan[:shift]:
+                self.measure(server, dataset, direction, tool, planned, repeat)
 
     def _nopool_supported(self, variant: Variant) -> bool:
         if variant.label not in self.nopool:

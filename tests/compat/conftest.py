@@ -102,8 +102,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     variant = item.callspec.params["variant"]
     if feature not in _features:
         _features.append(feature)
-    notes = [text for key, text in item.user_properties if key == "cell_note"]
-    passed_as = [text for key, text in item.user_properties if key == "cell_outcome"]
+    notes = [str(text) for key, text in item.user_properties if key == "cell_note"]
+    passed_as = [str(text) for key, text in item.user_properties if key == "cell_outcome"]
     result = (passed_as or ["pass"])[-1] if report.outcome == "passed" else "FAIL"
     previous = _cells.get((variant, feature))
     if previous is not None and previous[0] == "FAIL":

@@ -445,9 +445,9 @@ def versions() -> dict[str, str]:
         for line in listing.read_text().splitlines():
             package, _, version = line.partition(" ")
             found[package] = version
-    from importlib.metadata import version
+    from importlib.metadata import version as package_version
 
-    found["pyftpdlib"] = version("pyftpdlib")
+    found["pyftpdlib"] = package_version("pyftpdlib")
     return found
 
 

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import random
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,7 @@ async def test_every_tls_mode_moves_files_through_a_worker_and_untrusted_tls_fai
     connections.write_text("\n".join(sections))
 
     rng = random.Random(11)
-    expected: dict[str, tuple[object, str]] = {}
+    expected: dict[str, tuple[Path, str]] = {}
     tasks = []
     for name, server in servers.items():
         down = rng.randbytes(200_000)

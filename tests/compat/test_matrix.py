@@ -20,7 +20,7 @@ from agents.transfer.runner import TransferRunner
 from models.connections import LocalConnection, Registry
 from models.result import TransferResult
 from models.task import TransferTask
-from pools import session as session_module
+from pools.client import FtpClient
 from pools.manager import SessionPoolManager
 from pools.session import FTPSession
 from tests.compat.servers import PASSWORD, SESSION_LIMIT, TLS_VARIANTS, VARIANTS, Server
@@ -191,7 +191,7 @@ async def test_missing_source_is_file_not_found_and_not_retried(farm, variant, s
         "FILE_NOT_FOUND",
         False,
     ), result.asdict()
-    note(f'"{quoted_reply(result.error_message)}": FILE_NOT_FOUND, not retried')
+    note(f'"{quoted_reply(result.error_message or "")}": FILE_NOT_FOUND, not retried')
     assert not (storage / "in" / "x.csv").exists()
 
 
@@ -329,8 +329,8 @@ async def test_self_signed_server_is_refused_without_its_ca_and_accepted_with_it
         (by_ip, "IP address mismatch"),
     ):
         assert (result.error_code, result.retryable) == ("CONNECTION_ERROR", False), result.asdict()
-        assert "TLS certificate verification failed" in result.error_message
-        assert reason in result.error_message
+        assert "TLS certificate verification failed" in (result.error_message or "")
+        assert reason in (result.error_message or "")
     ok(trusted, b"a")
     note("refused (CONNECTION_ERROR, not retryable) without `tls_ca_file`; accepted with it")
 
@@ -357,7 +357,7 @@ async def test_data_connections_resume_the_control_session_where_required(
             ssl_handshake_timeout=self.socket_timeout,
         )
 
-    monkeypatch.setattr(session_module._Client, "protect_data", no_resumption)
+    monkeypatch.setattr(FtpClient, "protect_data", no_resumption)
     async with Rig(server, storage) as rig:
         without = await rig.download("/reuse/a.txt", "/reuse/b.txt")
     if without.status == "success":
@@ -366,7 +366,7 @@ async def test_data_connections_resume_the_control_session_where_required(
         return
     assert resumed, "the server requires reuse, so the normal download must have resumed"
     assert (without.error_code, without.retryable) == ("IO_ERROR", False), without.asdict()
-    assert "not resumed from the control connection" in without.error_message
+    assert "not resumed from the control connection" in (without.error_message or "")
     assert not (storage / "reuse" / "b.txt").exists()
-    reply = quoted_reply(without.error_message)
+    reply = quoted_reply(without.error_message or "")
     note(f'{version}; required and resumed (a data connection that is not resumed gets "{reply}")')

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from models.errors import ConnectionFailed, ServerBusy
@@ -15,7 +17,7 @@ EXPLICIT = [n for n, (_, tls, _) in VARIANTS.items() if tls == "explicit"]
 IMPLICIT = [n for n, (_, tls, _) in VARIANTS.items() if tls == "implicit"]
 
 
-async def connect_error(server: Server, **overrides: object) -> ConnectionFailed:
+async def connect_error(server: Server, **overrides: Any) -> ConnectionFailed:
     session = FTPSession(
         server.connection(**overrides), connect_timeout=1, command_timeout=5, block_size=65536
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from app.settings import CONFIG_ENV, CONNECTIONS_ENV, ENV_PREFIX, Settings, load
 from models.connections import Registry, load_registry
 from tests.deploy import kustomize
 from tests.deploy.kustomize import Manifest
+from tests.deploy.tools import REPO
 from tests.deploy.workload import container, file_from_volume, find, mount_at, resolve_env
 
-REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 COMPONENTS = sorted(
     p for p in (K8S / "components").iterdir() if (p / "kustomization.yaml").is_file()
@@ -98,14 +97,3 @@ def worker(
     settings = load_settings()
     registry = load_registry(settings.connections_file)
     return Worker(statefulset, ctr, env, settings, registry)
-
-
-def require_tool(name: str, *candidates: Path) -> str:
-    """Path of a command-line tool; a missing one fails the test (`make test` installs them)."""
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which(name)
-    if found:
-        return found
-    pytest.fail(f"{name} was not found; run the suite with `make test`, which installs it")

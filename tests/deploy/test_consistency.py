@@ -13,9 +13,10 @@ import pytest
 
 from app.settings import CONFIG_ENV, CONNECTIONS_ENV
 from models.connections import FtpConnection, LocalConnection
-from tests.deploy.conftest import REPO, STATEFULSET, WORKER_CONTAINER, Worker
+from tests.deploy.conftest import STATEFULSET, WORKER_CONTAINER, Worker
 from tests.deploy.kustomize import Manifest
 from tests.deploy.routes import route_status
+from tests.deploy.tools import REPO
 from tests.deploy.workload import (
     POD_NAME,
     container,

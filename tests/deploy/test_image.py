@@ -14,9 +14,10 @@ import pytest
 
 from app.settings import CONNECTIONS_ENV, ENV_PREFIX, Settings
 from tests.deploy import dockerfile
-from tests.deploy.conftest import REPO, STATEFULSET, WORKER_CONTAINER, require_tool
+from tests.deploy.conftest import STATEFULSET, WORKER_CONTAINER
 from tests.deploy.kustomize import Manifest
 from tests.deploy.routes import route_status
+from tests.deploy.tools import REPO, require_tool
 from tests.deploy.workload import container, find, mount_at, resolve_env
 
 DOCKERFILE = REPO / "Dockerfile"

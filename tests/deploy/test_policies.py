@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import K8S, REPO, require_tool
+from tests.deploy.conftest import K8S
+from tests.deploy.tools import REPO, require_tool
 
 CHECKOV = REPO / ".cache" / "checkov-venv" / "bin" / "checkov"
 SCANS = {

@@ -19,11 +19,9 @@ import pytest
 from aiokafka.partitioner import murmur2
 from faust.utils import json as faust_json
 
-from scripts.ftpd import EmbeddedFTPServer
-from tests.support.stack import Names, Worker, make_topics, task, write_connections
+from tests.support.stack import PASSWORD, Stack, Worker, task
 
 TOKEN = "api-t0ken-for-tests"
-PASSWORD = "s3cret-pw"
 PARTITIONS = 4  # ftp-tasks and the internal topics (kafka.topic_partitions)
 MAX_BODY = 16 * 1024
 CAP = 3
@@ -59,7 +57,7 @@ def partition_of(task_id: str) -> int:
     """The partition a worker files task_id's status under (JSON key, murmur2), computed here
     independently of the app's code."""
     key = faust_json.dumps(task_id).encode()
-    return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+    return int(murmur2(key) & 0x7FFFFFFF) % PARTITIONS
 
 
 def watch_startup(worker: Worker, timeout: float = 60) -> list[tuple[int, int]]:
@@ -76,18 +74,46 @@ def watch_startup(worker: Worker, timeout: float = 60) -> list[tuple[int, int]]:
     raise AssertionError(f"not ready in {timeout} s: {seen[-5:]}\n{worker.tail()}")
 
 
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ftp_root = root / "ftp"
-        self.storage = root / "storage"
-        self.storage.mkdir(parents=True)
-        self.ftp = EmbeddedFTPServer(self.ftp_root, password=PASSWORD).start()
-        self.names = Names()
-        connections = write_connections(
-            root / "connections.ini", self.ftp.port, self.storage, password=PASSWORD
-        )
-        env = {
+def owner(stack: Stack, task_id: str) -> str:
+    """The worker whose /status says it owns task_id's partition of the status table."""
+    partition = partition_of(task_id)
+    owners = [
+        w.worker_id
+        for w in stack.workers.values()
+        if partition in w.get("/status")[1]["task_status"]["owned_partitions"]
+    ]
+    assert len(owners) == 1, (task_id, partition, owners)
+    return owners[0]
+
+
+def settled(stack: Stack) -> bool:
+    """Both workers own a disjoint share of the table partitions, together all of them."""
+    owned = [w.get("/status")[1]["task_status"]["owned_partitions"] for w in stack.workers.values()]
+    return all(owned) and sorted(owned[0] + owned[1]) == list(range(PARTITIONS))
+
+
+@pytest.fixture(scope="module")
+def w1(stack: Stack) -> Worker:
+    return stack.workers["w1"]
+
+
+@pytest.fixture(scope="module")
+def w2(stack: Stack) -> Worker:
+    return stack.workers["w2"]
+
+
+@pytest.fixture(scope="module")
+def startup() -> list[tuple[int, int]]:
+    """The (ready, health) answers seen while w1 started; filled in by the stack fixture."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, startup):
+    stack = Stack(
+        tmp_path_factory.mktemp("api"),
+        partitions=PARTITIONS,
+        env={
             "FTP_POOLER_API__TOKEN": TOKEN,
             "FTP_POOLER_API__MAX_REQUEST_BYTES": str(MAX_BODY),
             "FTP_POOLER_KAFKA__TOPIC_PARTITIONS": str(PARTITIONS),
@@ -96,59 +122,35 @@ class Stack:
             "FTP_POOLER_RETRY__MAX_ATTEMPTS": "2",
             "FTP_POOLER_RETRY__BACKOFF_INITIAL_SECONDS": "1.5",
             "FTP_POOLER_WORKER__SHUTDOWN_GRACE_SECONDS": "15",
-        }
-        self.w1 = Worker(root, self.names, connections, worker_id="w1", extra_env=env)
-        self.w2 = Worker(root, self.names, connections, worker_id="w2", extra_env=env)
-        self.startup: list[tuple[int, int]] = []
-
-    def owner(self, task_id: str) -> str:
-        """The worker whose /status says it owns task_id's partition of the status table."""
-        partition = partition_of(task_id)
-        owners = [
-            w.worker_id
-            for w in (self.w1, self.w2)
-            if partition in w.get("/status")[1]["task_status"]["owned_partitions"]
-        ]
-        assert len(owners) == 1, (task_id, partition, owners)
-        return owners[0]
-
-    def settled(self) -> bool:
-        """Both workers own a disjoint share of the table partitions, together all of them."""
-        owned = [w.get("/status")[1]["task_status"]["owned_partitions"] for w in (self.w1, self.w2)]
-        return all(owned) and sorted(owned[0] + owned[1]) == list(range(PARTITIONS))
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("api"))
-    asyncio.run(make_topics(stack.names, partitions=PARTITIONS))
-    stack.startup = watch_startup(stack.w1)
-    stack.w2.start().wait_ready()
+        },
+    )
+    w1, w2 = stack.add_worker("w1"), stack.add_worker("w2")
+    asyncio.run(stack.make_topics())
+    startup.extend(watch_startup(w1))
+    w2.start().wait_ready()
     deadline = time.monotonic() + 60
-    while not stack.settled():
+    while not settled(stack):
         assert time.monotonic() < deadline, "partitions never settled between w1 and w2"
         time.sleep(0.3)
     yield stack
-    for worker in (stack.w1, stack.w2):
-        worker.kill()
-    stack.ftp.stop()
+    stack.close(check_exit=False)  # the last test stops w1 itself; w2 is not checked
 
 
-def test_ready_is_503_while_joining_then_200_and_health_answers_throughout(stack):
+def test_ready_is_503_while_joining_then_200_and_health_answers_throughout(startup, w1):
     """Before the group is joined and tables recovered /ready is 503 (and /health 200); then 200."""
-    answered = [(ready, health) for ready, health in stack.startup if ready != 0]
+    answered = [(ready, health) for ready, health in startup if ready != 0]
     first_ok = next(i for i, (ready, _) in enumerate(answered) if ready == 200)
-    assert first_ok > 0, f"never saw 503 before ready: {stack.startup}"
+    assert first_ok > 0, f"never saw 503 before ready: {startup}"
     assert {ready for ready, _ in answered[:first_ok]} == {503}
     assert all(health == 200 for _, health in answered)
-    status, body = stack.w1.get("/ready")
+    status, body = w1.get("/ready")
     assert (status, body) == (200, {"ready": True, "worker": "w1"})
-    assert stack.w1.get("/health") == (200, {"status": "ok", "worker": "w1"})
+    assert w1.get("/health") == (200, {"status": "ok", "worker": "w1"})
 
 
-def test_status_shows_partitions_pools_with_caps_and_the_fleet(stack):
+def test_status_shows_partitions_pools_with_caps_and_the_fleet(stack, w1, w2):
     """This worker's partitions, tasks in flight, pools (caps, states, waiters, circuit), fleet."""
-    status, body = stack.w1.get("/status")
+    status, body = w1.get("/status")
     assert status == 200
     assert body["worker"] == "w1" and body["ready"] is True and body["version"]
     mine = [p for p in body["assigned_partitions"] if p.startswith(stack.names.tasks + ":")]
@@ -159,22 +161,22 @@ def test_status_shows_partitions_pools_with_caps_and_the_fleet(stack):
     for field in ("open", "busy", "idle", "connecting", "waiting"):
         assert isinstance(pool[field], int), field
     assert pool["circuit"]["state"] == "closed"
-    other = stack.w2.get("/status")[1]
+    other = w2.get("/status")[1]
     theirs = [p for p in other["assigned_partitions"] if p.startswith(stack.names.tasks + ":")]
     assert sorted(mine + theirs) == sorted(f"{stack.names.tasks}:{n}" for n in range(PARTITIONS))
     deadline = time.monotonic() + 15
     while set(body["fleet"].get("ftp-a", {}).get("workers", {})) != {"w1", "w2"}:
         assert time.monotonic() < deadline, body["fleet"]
         time.sleep(0.3)
-        body = stack.w1.get("/status")[1]
+        body = w1.get("/status")[1]
     assert body["fleet"]["ftp-a"]["total"]["open"] == sum(
         w["open"] for w in body["fleet"]["ftp-a"]["workers"].values()
     )
 
 
-def test_connections_show_settings_but_never_credentials(stack):
+def test_connections_show_settings_but_never_credentials(stack, w2):
     """ids, types, hosts, ports, passive/TLS flags, caps; no password anywhere."""
-    status, body = stack.w2.get("/connections")
+    status, body = w2.get("/connections")
     assert status == 200
     by_id = {c["id"]: c for c in body["connections"]}
     assert set(by_id) == {"ftp-a", "ftp-dead", "local", "local-b"}
@@ -186,23 +188,23 @@ def test_connections_show_settings_but_never_credentials(stack):
     assert PASSWORD not in text and '"pass"' not in text and '"password"' not in text
 
 
-def test_post_needs_the_bearer_token_and_gets_stay_open(stack):
+def test_post_needs_the_bearer_token_and_gets_stay_open(w1):
     """401 without or with a wrong token (nothing produced); every GET answers without one."""
     one = task("no-token-1", "ftp-a", "/x", "local", "/y")
     for token in (None, "wrong"):
-        status, body = call(stack.w1, "POST", "/tasks", one, token=token)
+        status, body = call(w1, "POST", "/tasks", one, token=token)
         assert status == 401, body
         assert "bearer" in body["error"].lower()
     for path in ("/health", "/ready", "/status", "/connections", "/openapi.json", "/metrics"):
-        assert call(stack.w1, "GET", path, token=None)[0] == 200, path
-    assert call(stack.w1, "GET", task_path("no-token-1"), token=None)[0] == 404
+        assert call(w1, "GET", path, token=None)[0] == 200, path
+    assert call(w1, "GET", task_path("no-token-1"), token=None)[0] == 404
 
 
-def test_post_rejects_invalid_tasks_with_per_field_errors_and_produces_none(stack):
+def test_post_rejects_invalid_tasks_with_per_field_errors_and_produces_none(w1, w2):
     """400 for a body that is not JSON, an empty list, or any invalid task; all or nothing."""
-    status, body = call(stack.w1, "POST", "/tasks", b"{not json")
+    status, body = call(w1, "POST", "/tasks", b"{not json")
     assert status == 400 and "not valid JSON" in body["error"]
-    status, body = call(stack.w1, "POST", "/tasks", [])
+    status, body = call(w1, "POST", "/tasks", [])
     assert status == 400 and "empty" in body["error"]
     valid = task("all-or-nothing-ok", "ftp-a", "/x", "local", "/y")
     missing = {
@@ -213,7 +215,7 @@ def test_post_rejects_invalid_tasks_with_per_field_errors_and_produces_none(stac
     }
     typed = {**task("x", "ftp-a", "/x", "local", "/y"), "task_id": 123}
     nul = task("nul", "ftp-a", "/x\x00y", "local", "/y")
-    status, body = call(stack.w1, "POST", "/tasks", [valid, missing, typed, nul, "text"])
+    status, body = call(w1, "POST", "/tasks", [valid, missing, typed, nul, "text"])
     assert status == 400, body
     assert body["error"] == "invalid tasks: 4 of 5; nothing was produced"
     errors = {e["index"]: e for e in body["errors"]}
@@ -225,16 +227,16 @@ def test_post_rejects_invalid_tasks_with_per_field_errors_and_produces_none(stac
     assert errors[2]["fields"] == {"task_id": "Input should be a valid string"}
     assert "NUL" in errors[3]["fields"]["src_path"]
     assert errors[4]["message"] == "value must be a JSON object"
-    assert call(stack.w2, "GET", task_path("all-or-nothing-ok"))[0] == 404
+    assert call(w2, "GET", task_path("all-or-nothing-ok"))[0] == 404
 
 
-def test_post_over_the_size_limit_is_413_declared_or_streamed(stack):
+def test_post_over_the_size_limit_is_413_declared_or_streamed(w1):
     """A body over api.max_request_bytes is refused, with Content-Length or chunked."""
     big = json.dumps([task(f"big-{n}", "ftp-a", "/x" * 40, "local", "/y") for n in range(200)])
     assert len(big) > MAX_BODY
-    status, body = call(stack.w1, "POST", "/tasks", big.encode())
+    status, body = call(w1, "POST", "/tasks", big.encode())
     assert status == 413 and body["limit_bytes"] == MAX_BODY
-    conn = http.client.HTTPConnection("127.0.0.1", stack.w1.api_port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", w1.api_port, timeout=10)
     chunks = (big[i : i + 4096].encode() for i in range(0, len(big), 4096))
     conn.request(
         "POST",
@@ -246,19 +248,21 @@ def test_post_over_the_size_limit_is_413_declared_or_streamed(stack):
     response = conn.getresponse()
     assert response.status == 413, response.read()
     conn.close()
-    assert call(stack.w1, "GET", task_path("big-0"))[0] == 404
+    assert call(w1, "GET", task_path("big-0"))[0] == 404
 
 
-def test_unknown_task_ids_are_404_from_either_worker(stack):
+def test_unknown_task_ids_are_404_from_either_worker(w1, w2):
     """Any id never submitted, however odd, is 404 with a JSON error."""
     for task_id in ("never-seen", "with/slash and space", "ünïcode-✓", "x" * 256):
-        for worker in (stack.w1, stack.w2):
+        for worker in (w1, w2):
             status, body = call(worker, "GET", task_path(task_id), token=None)
             assert status == 404, (task_id, body)
             assert body["task_id"] == task_id
 
 
-def test_tasks_pass_through_their_states_and_either_worker_answers_with_the_owners_entry(stack):
+def test_tasks_pass_through_their_states_and_either_worker_answers_with_the_owners_entry(
+    stack, w1, w2
+):
     """queued -> in_progress -> success/failed (with code, attempts, timestamps), kept by the
     owner of each id's partition and answered through either worker of the group."""
     data = b"hello over ftp\n" * 100
@@ -278,7 +282,7 @@ def test_tasks_pass_through_their_states_and_either_worker_answers_with_the_owne
         task("st-missing", "ftp-a", "/out/nope.csv", "local", "/in/nope.csv"),
         task("st-dead", "ftp-dead", "/a", "local", "/in/dead"),
     ]
-    status, body = call(stack.w2, "POST", "/tasks", tasks)
+    status, body = call(w2, "POST", "/tasks", tasks)
     assert status == 202, body
     assert body == {"accepted": len(tasks), "task_ids": [t["task_id"] for t in tasks]}
 
@@ -291,7 +295,7 @@ def test_tasks_pass_through_their_states_and_either_worker_answers_with_the_owne
             task_id = t["task_id"]
             if task_id in finals:
                 continue
-            status, entry = call(stack.w1, "GET", task_path(task_id), token=None)
+            status, entry = call(w1, "GET", task_path(task_id), token=None)
             assert status == 200, (task_id, entry)  # read-your-writes: never 404 after a 202
             assert entry["task_id"] == task_id and entry["state"] in (
                 "queued",
@@ -334,16 +338,16 @@ def test_tasks_pass_through_their_states_and_either_worker_answers_with_the_owne
     # Both workers answer every id with the owner's entry: the non-owner forwards the request.
     for t in tasks:
         task_id = t["task_id"]
-        answers = [call(w, "GET", task_path(task_id), token=None) for w in (stack.w1, stack.w2)]
+        answers = [call(w, "GET", task_path(task_id), token=None) for w in (w1, w2)]
         assert answers[0] == answers[1], task_id
-        assert answers[0][1]["answered_by"] == stack.owner(task_id)
-    owners = {stack.owner(i) for i in ids}
+        assert answers[0][1]["answered_by"] == owner(stack, task_id)
+    owners = {owner(stack, i) for i in ids}
     assert owners == {"w1", "w2"}, owners
 
 
-def test_openapi_describes_the_api_and_schemathesis_finds_no_failure(stack, tmp_path):
+def test_openapi_describes_the_api_and_schemathesis_finds_no_failure(stack, tmp_path, w1, w2):
     """Every route is in /openapi.json; schemathesis (all checks, all phases) finds nothing."""
-    status, document = stack.w1.get("/openapi.json")
+    status, document = w1.get("/openapi.json")
     assert status == 200 and document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
         "/health",
@@ -360,7 +364,7 @@ def test_openapi_describes_the_api_and_schemathesis_finds_no_failure(stack, tmp_
         [
             str(ST),
             "run",
-            f"http://127.0.0.1:{stack.w1.api_port}/openapi.json",
+            f"http://127.0.0.1:{stack.workers['w1'].api_port}/openapi.json",
             "--checks",
             "all",
             "--header",
@@ -386,10 +390,10 @@ def test_openapi_describes_the_api_and_schemathesis_finds_no_failure(stack, tmp_
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     assert "No issues found" in output, output[-3000:]
-    assert stack.w1.get("/health")[0] == 200 and stack.w2.get("/health")[0] == 200
+    assert w1.get("/health")[0] == 200 and w2.get("/health")[0] == 200
 
 
-def test_ready_is_503_while_stopping_and_the_worker_exits_0(stack):
+def test_ready_is_503_while_stopping_and_the_worker_exits_0(stack, w1, w2):
     """On SIGTERM /ready answers 503 (health still 200) while in-flight transfers finish."""
     (stack.ftp_root / "slow").mkdir(exist_ok=True)
     (stack.ftp_root / "slow" / "file.bin").write_bytes(b"s" * 1000)
@@ -399,18 +403,18 @@ def test_ready_is_503_while_stopping_and_the_worker_exits_0(stack):
             task(f"slow-{n}", "ftp-a", "/slow/file.bin", "local", f"/slow/{n}.bin")
             for n in range(8)
         ]
-        assert call(stack.w1, "POST", "/tasks", slow)[0] == 202
+        assert call(w1, "POST", "/tasks", slow)[0] == 202
         deadline = time.monotonic() + 20
-        while stack.w2.get("/status")[1]["in_flight"] == 0:
+        while w2.get("/status")[1]["in_flight"] == 0:
             assert time.monotonic() < deadline, "no task in flight on w2"
             time.sleep(0.05)
-        assert stack.w2.process is not None
-        stack.w2.process.send_signal(signal.SIGTERM)
+        assert w2.process is not None
+        w2.process.send_signal(signal.SIGTERM)
         seen: list[tuple[int, int]] = []
-        while stack.w2.process.poll() is None:
-            seen.append((stack.w2.get("/ready")[0], stack.w2.get("/health")[0]))
+        while w2.process.poll() is None:
+            seen.append((w2.get("/ready")[0], w2.get("/health")[0]))
             time.sleep(0.05)
-        assert stack.w2.process.returncode == 0, stack.w2.tail()
+        assert w2.process.returncode == 0, w2.tail()
         answered = [pair for pair in seen if pair[0] != 0]
         assert (503, 200) in answered, seen[:20]
         # The signal reaches the event loop a moment after it is sent (a request may be answered
@@ -421,7 +425,7 @@ def test_ready_is_503_while_stopping_and_the_worker_exits_0(stack):
         deadline = time.monotonic() + 60
         for t in slow:
             while True:
-                status, entry = call(stack.w1, "GET", task_path(t["task_id"]), token=None)
+                status, entry = call(w1, "GET", task_path(t["task_id"]), token=None)
                 if status == 200 and entry["state"] == "success":
                     break
                 assert time.monotonic() < deadline, (t["task_id"], status, entry)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import re
@@ -12,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.ftpd import EmbeddedFTPServer
-from tests.support.stack import Names, Worker, closed_port, make_topics, task, write_connections
+from tests.support.stack import PASSWORD, Stack, closed_port, task
 
-PASSWORD = "s3cret-pw"
 CLI = Path(sys.executable).with_name("ftp-pooler")
 FAUST = Path(sys.executable).with_name("faust")
 
@@ -26,46 +23,29 @@ def row(table: str, *cells: str) -> bool:
     return re.search(pattern, table) is not None
 
 
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ftp_root = root / "ftp"
-        self.storage = root / "storage"
-        (self.ftp_root / "in").mkdir(parents=True)
-        self.storage.mkdir()
-        for n in range(100):
-            (self.ftp_root / "in" / f"f{n}.bin").write_bytes(bytes([n]) * (1000 + n))
-        self.ftp = EmbeddedFTPServer(self.ftp_root, password=PASSWORD).start()
-        self.names = Names()
-        self.connections = write_connections(
-            root / "connections.ini", self.ftp.port, self.storage, password=PASSWORD
-        )
-        self.worker = Worker(
-            root, self.names, self.connections, extra_env={"FTP_POOLER_RETRY__MAX_ATTEMPTS": "1"}
-        )
-
-    def cli(self, *args: str, program: Path = CLI, timeout: float = 90) -> tuple[int, str, str]:
-        """Run a command with the worker's configuration; (exit code, stdout, stderr)."""
-        done = subprocess.run(
-            [str(program), *args],
-            cwd=self.root,
-            env=self.worker.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return done.returncode, done.stdout, done.stderr
+def cli(stack: Stack, *args: str, program: Path = CLI, timeout: float = 90) -> tuple[int, str, str]:
+    """Run a command with the worker's configuration; (exit code, stdout, stderr)."""
+    done = subprocess.run(
+        [str(program), *args],
+        cwd=stack.root,
+        env=stack.worker.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("cli"))
-    asyncio.run(make_topics(stack.names, partitions=4))
-    stack.worker.start().wait_ready()
-    yield stack
-    assert stack.worker.stop() == 0, stack.worker.tail()
-    stack.ftp.stop()
+    (stack.ftp_root / "in").mkdir(parents=True)
+    for n in range(100):
+        (stack.ftp_root / "in" / f"f{n}.bin").write_bytes(bytes([n]) * (1000 + n))
+    stack.add_worker(extra_env={"FTP_POOLER_RETRY__MAX_ATTEMPTS": "1"})
+    yield stack.start()
+    stack.close()
 
 
 def test_submit_of_100_tasks_from_a_file_waits_and_prints_the_summary(stack):
@@ -76,7 +56,7 @@ def test_submit_of_100_tasks_from_a_file_waits_and_prints_the_summary(stack):
         for n in range(100)
     ]
     path.write_text("\n".join(lines) + "\n")
-    code, out, err = stack.cli("submit", "--file", str(path))
+    code, out, err = cli(stack, "submit", "--file", str(path))
     print(out)
     assert code == 0, out + err
     assert "produced 100 task(s)" in out
@@ -97,7 +77,7 @@ def test_submit_with_one_missing_file_exits_1_and_names_the_failure(stack):
         for n in range(4):
             writer.writerow(task(f"csv-{n}", "ftp-a", f"/in/f{n}.bin", "local", f"/csv/{n}.bin"))
         writer.writerow(task("csv-missing", "ftp-a", "/in/no-such.bin", "local", "/csv/x.bin"))
-    code, out, err = stack.cli("submit", "-f", str(path))
+    code, out, err = cli(stack, "submit", "-f", str(path))
     assert code == 1, out + err
     assert row(out, "success", "-", "4") and row(out, "failed", "FILE_NOT_FOUND", "1")
     assert "Failures" in out and "csv-missing" in out and "no-such.bin" in out
@@ -119,7 +99,8 @@ def test_submit_from_stdin_and_flags_and_no_wait(stack):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 of 1 tasks finished" in done.stdout
-    code, out, err = stack.cli(
+    code, out, err = cli(
+        stack,
         "submit",
         "--task-id",
         "flag-1",
@@ -149,18 +130,18 @@ def test_submit_refuses_invalid_input_before_producing_anything(stack):
         + json.dumps(good)
         + "\n"
     )
-    code, out, err = stack.cli("submit", "-f", str(path), "--no-wait")
+    code, out, err = cli(stack, "submit", "-f", str(path), "--no-wait")
     assert code == 2, out + err
     assert f"{path} line 2: src_path: Field required" in err
     assert f"{path} line 3: task_id 'bad-file-ok' already used ({path} line 1)" in err
     assert "nothing was produced" in err and "Traceback" not in err
-    code, out, err = stack.cli("submit", "-f", str(stack.root / "absent.jsonl"))
+    code, out, err = cli(stack, "submit", "-f", str(stack.root / "absent.jsonl"))
     assert code == 2 and "cannot read" in err and "Traceback" not in err
 
 
 def test_check_config_probe_reports_an_unreachable_server_without_a_traceback(stack):
     """--probe logs in to ftp-a, reports ftp-dead unreachable; exit 1; the same via faust -A app."""
-    code, out, err = stack.cli("check-config", "--probe")
+    code, out, err = cli(stack, "check-config", "--probe")
     assert code == 1, out + err
     assert "configuration OK" in out
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 5}
@@ -169,7 +150,7 @@ def test_check_config_probe_reports_an_unreachable_server_without_a_traceback(st
     assert "ok" in rows["local"]
     assert "1 of 4 connections unreachable" in out
     assert "Traceback" not in out + err and PASSWORD not in out + err
-    code, out, err = stack.cli("-A", "app", "check-config", program=FAUST)
+    code, out, err = cli(stack, "-A", "app", "check-config", program=FAUST)
     assert code == 0, out + err
     assert "configuration OK" in out and "ftp-dead" in out
 
@@ -195,14 +176,14 @@ def test_check_config_names_a_bad_registry_key_and_exits_2(stack, tmp_path):
 def test_status_prints_the_workers_status_as_tables(stack):
     """Worker, session pools and fleet tables from /status; --json gives the raw document."""
     url = f"http://127.0.0.1:{stack.worker.api_port}"
-    code, out, err = stack.cli("status", "--url", url)
+    code, out, err = cli(stack, "status", "--url", url)
     assert code == 0, out + err
     print(out)
     assert "Worker w1" in out and "ready" in out
     assert f"partitions of {stack.names.tasks}" in out
     assert "Session pools" in out and "ftp-a" in out and "ftp-dead" in out
     assert "Fleet" in out
-    code, out, err = stack.cli("status", "--url", url, "--json")
+    code, out, err = cli(stack, "status", "--url", url, "--json")
     assert code == 0 and json.loads(out)["worker"] == "w1"
-    code, out, err = stack.cli("status", "--url", f"http://127.0.0.1:{closed_port()}")
+    code, out, err = cli(stack, "status", "--url", f"http://127.0.0.1:{closed_port()}")
     assert code == 1 and "cannot read" in err and "Traceback" not in err

@@ -14,24 +14,22 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from scripts.ftpd import EmbeddedFTPServer
 from tests.support.stack import (
     KAFKA,
+    PASSWORD,
     REPO,
-    Names,
     Received,
-    Worker,
+    Stack,
     collect,
-    make_topics,
     produce,
     task,
     wait_until,
-    write_connections,
 )
 
 SCALE = int(os.environ.get("FTP_POOLER_SOAK_SCALE", "1"))  # `make soak` raises it
-PASSWORD = "s3cret-pw"
 FAST_RETRIES = {
     "FTP_POOLER_RETRY__MAX_ATTEMPTS": "8",
     "FTP_POOLER_RETRY__BACKOFF_INITIAL_SECONDS": "1",
@@ -41,17 +39,11 @@ FAST_RETRIES = {
 }
 
 
-class Setup:
-    def __init__(self, root: Path, partitions: int = 4, **server_options: object) -> None:
-        self.root = root
-        self.storage = root / "storage"
-        self.storage.mkdir()
-        self.ftp = EmbeddedFTPServer(root / "ftp", password=PASSWORD, **server_options).start()
-        self.names = Names()
-        self.partitions = partitions
-        self.connections = write_connections(
-            root / "c.ini", self.ftp.port, self.storage, password=PASSWORD
-        )
+class Setup(Stack):
+    """The shared stack plus the files its download tasks fetch, to check what landed."""
+
+    def __init__(self, root: Path, partitions: int = 4, **server_options: Any) -> None:
+        super().__init__(root, partitions=partitions, **server_options)
         self.files: dict[str, bytes] = {}
 
     def remote_files(self, count: int, size: int = 4096, seed: int = 1) -> list[dict[str, str]]:
@@ -65,9 +57,6 @@ class Setup:
             tasks.append(task(f"t-{n}", "ftp-a", f"/in/f{n}.bin", "local", f"/out/f{n}.bin"))
         return tasks
 
-    def worker(self, **kwargs: object) -> Worker:
-        return Worker(self.root, self.names, self.connections, **kwargs)  # type: ignore[arg-type]
-
     def check_files(self, received: list[Received]) -> None:
         for task_id, data in self.files.items():
             path = self.storage / "out" / f"f{task_id.split('-')[1]}.bin"
@@ -76,8 +65,8 @@ class Setup:
         assert leftovers == []
 
 
-def final_by_task(received: list[Received]) -> dict[str, list[dict[str, object]]]:
-    by_task: dict[str, list[dict[str, object]]] = {}
+def final_by_task(received: list[Received]) -> dict[str, list[dict[str, Any]]]:
+    by_task: dict[str, list[dict[str, Any]]] = {}
     for r in received:
         by_task.setdefault(str(r.value["task_id"]), []).append(r.value)
     return by_task
@@ -94,10 +83,10 @@ async def test_three_sigkills_lose_no_task_and_leave_no_partial_file(tmp_path):
     """2,000 tasks; the worker is SIGKILLed three times mid-run and restarted."""
     setup = Setup(tmp_path)
     try:
-        await make_topics(setup.names, setup.partitions)
+        await setup.make_topics()
         tasks = setup.remote_files(2000 * SCALE)
         await produce(setup.names.tasks, tasks)
-        worker = setup.worker()
+        worker = setup.add_worker()
         rng = random.Random(42)
         for _ in range(3):
             worker.start().wait_ready()
@@ -125,10 +114,10 @@ async def test_ftp_server_down_for_10_seconds_publishes_no_failure(tmp_path):
     """The server disappears mid-run and returns 10 s later: every task still succeeds."""
     setup = Setup(tmp_path)
     try:
-        await make_topics(setup.names, setup.partitions)
+        await setup.make_topics()
         tasks = setup.remote_files(300)
         setup.ftp.retr_delay = 0.1  # ~3 s for the whole run: the outage hits mid-run
-        worker = setup.worker(extra_env=FAST_RETRIES)
+        worker = setup.add_worker(extra_env=FAST_RETRIES)
         worker.start().wait_ready()
         await produce(setup.names.tasks, tasks)
         await collect(setup.names, count=60, timeout=60)
@@ -164,10 +153,10 @@ async def test_kafka_broker_restart_mid_run_loses_nothing(tmp_path):
     }
     script = str(REPO / "scripts" / "local-kafka.sh")
     try:
-        await make_topics(setup.names, setup.partitions)
+        await setup.make_topics()
         tasks = setup.remote_files(300)
         setup.ftp.retr_delay = 0.2  # ~6 s for the whole run: the restart hits mid-run
-        worker = setup.worker()
+        worker = setup.add_worker()
         worker.start().wait_ready()
         await produce(setup.names.tasks, tasks)
         await collect(setup.names, count=50, timeout=60)
@@ -209,14 +198,14 @@ async def test_black_holed_server_does_not_slow_the_healthy_one(tmp_path):
     try:
         extra = f"\n[ftp-hole]\ntype = ftp\nhost = 127.0.0.1\nport = {hole.getsockname()[1]}\n"
         setup.connections.write_text(setup.connections.read_text() + extra)
-        await make_topics(setup.names, setup.partitions)
+        await setup.make_topics()
         b_tasks = setup.remote_files(820)
         # 200 ms per RETR, like a distant server: B's rate (at most 50 tasks/s over 10 sessions)
         # is bounded by its server, not by this 2-core machine's CPU (shared with the broker, the
         # FTP server and whatever else runs), so the ratio measures isolation, not CPU sharing.
         # (At 100 ms, B's ~80 tasks/s needed enough CPU for a busy host to show 0.8 here.)
         setup.ftp.retr_delay = 0.2
-        worker = setup.worker(
+        worker = setup.add_worker(
             extra_env={
                 "FTP_POOLER_TRANSFER__CONNECT_TIMEOUT_SECONDS": "2",
                 "FTP_POOLER_RETRY__MAX_ATTEMPTS": "3",
@@ -271,7 +260,7 @@ async def test_sigterm_with_50_transfers_in_flight_exits_0_within_grace(tmp_path
     outcome each); a second SIGTERM with a shorter grace abandons the rest cleanly."""
     setup = Setup(tmp_path)
     try:
-        await make_topics(setup.names, setup.partitions)
+        await setup.make_topics()
         tasks = setup.remote_files(100, size=256 * 1024)
         # pyftpdlib's throttle lets the first second's worth through, then sleeps ~2 s per
         # window: ~6 s per file here, 50 at once.
@@ -281,7 +270,7 @@ async def test_sigterm_with_50_transfers_in_flight_exits_0_within_grace(tmp_path
             "FTP_POOLER_WORKER__MAX_IN_FLIGHT": "50",
             "FTP_POOLER_WORKER__SHUTDOWN_GRACE_SECONDS": "15",
         }
-        worker = setup.worker(extra_env=env)
+        worker = setup.add_worker(extra_env=env)
         worker.start().wait_ready()
         await produce(setup.names.tasks, tasks[:50])
         assert await wait_until(lambda: worker.get("/status")[1]["in_flight"] == 50, 15)

@@ -7,6 +7,7 @@ import json
 import os
 import random
 from collections import Counter
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -33,7 +34,7 @@ def bad_messages(rng: random.Random, count: int, prefix: str) -> list[tuple[str,
     out: list[tuple[str, bytes]] = []
 
     def valid(n: int) -> dict[str, object]:
-        return task(f"{prefix}-{n}", "ftp-a", f"/in/{n}", "local", f"/out/{n}")
+        return {**task(f"{prefix}-{n}", "ftp-a", f"/in/{n}", "local", f"/out/{n}")}
 
     def without(value: dict[str, object], key: str) -> dict[str, object]:
         return {k: v for k, v in value.items() if k != key}
@@ -120,7 +121,7 @@ async def test_2000_generated_bad_messages_get_one_failure_each_with_flat_memory
         assert all(r.topic == names.failures for r in received)
         by_position = match_results(received, expected)
         assert len(by_position) == FUZZ_COUNT
-        codes = Counter()
+        codes: Counter[str] = Counter()
         for position, result in by_position.items():
             code, _raw = expected[position]
             assert result["error_code"] == code, (result, _raw[:80])
@@ -143,7 +144,7 @@ async def test_2000_generated_bad_messages_get_one_failure_each_with_flat_memory
 
 def match_results(
     received: list[Received], expected: dict[tuple[int, int], tuple[str, bytes]]
-) -> dict[tuple[int, int], dict[str, object]]:
+) -> dict[tuple[int, int], dict[str, Any]]:
     """Pair each result with the message it answers: by source position when the message could
     not be parsed, else by its (unique) task_id."""
     position_of_id: dict[str, tuple[int, int]] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 from collections import Counter
@@ -10,53 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from scripts.ftpd import EmbeddedFTPServer
-from tests.support.stack import (
-    Names,
-    Worker,
-    collect,
-    make_topics,
-    produce,
-    task,
-    write_connections,
-)
+from tests.support.stack import PASSWORD, Stack, collect, produce, task
 
 SIZES = [0, 1, 64 * 1024, 5 * 1024 * 1024]
 CAP = 4
-PASSWORD = "s3cret-pw"
-
-
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ftp_root = root / "ftp"
-        self.storage = root / "storage"
-        self.storage.mkdir(parents=True)
-        self.ftp = EmbeddedFTPServer(self.ftp_root, password=PASSWORD).start()
-        self.names = Names()
-        connections = write_connections(
-            root / "connections.ini", self.ftp.port, self.storage, password=PASSWORD
-        )
-        self.worker = Worker(
-            root,
-            self.names,
-            connections,
-            extra_env={
-                "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(CAP),
-                "FTP_POOLER_RETRY__MAX_ATTEMPTS": "2",
-                "FTP_POOLER_RETRY__BACKOFF_INITIAL_SECONDS": "0.2",
-            },
-        )
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("e2e"))
-    asyncio.run(make_topics(stack.names, partitions=4))
-    stack.worker.start().wait_ready()
-    yield stack
-    assert stack.worker.stop() == 0, stack.worker.tail()
-    stack.ftp.stop()
+    stack = Stack(
+        tmp_path_factory.mktemp("e2e"),
+        env={
+            "FTP_POOLER_POOL__MAX_SESSIONS_PER_CONNECTION": str(CAP),
+            "FTP_POOLER_RETRY__MAX_ATTEMPTS": "2",
+            "FTP_POOLER_RETRY__BACKOFF_INITIAL_SECONDS": "0.2",
+        },
+    )
+    stack.add_worker()
+    yield stack.start()
+    stack.close()
 
 
 def sha256(data: bytes) -> str:

@@ -1,7 +1,8 @@
 """Test harness: a real worker process (`faust -A app worker`), the real broker and FTP server.
 
-Tasks are produced and results consumed with plain aiokafka clients, never the app's own objects, so
-the wire contract itself is what the tests check.
+:class:`Stack` is the one "FTP server + storage + topics + worker(s)" every integration test runs
+against. Tasks are produced and results consumed with plain aiokafka clients, never the app's own
+objects, so the wire contract itself is what the tests check.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,11 +26,13 @@ from typing import Any, ClassVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from scripts.ftpd import EmbeddedFTPServer
 from scripts.topics import create_topics
 
 REPO = Path(__file__).resolve().parents[2]
 FAUST = Path(sys.executable).with_name("faust")
 KAFKA = os.environ.get("FTP_POOLER_TEST_KAFKA", "127.0.0.1:19192")
+PASSWORD = "s3cret-pw"  # the FTP login of every stack (user alice); never in a result or log
 
 
 def free_port() -> int:
@@ -215,7 +219,7 @@ def task(task_id: str, src_id: str, src_path: str, dst_id: str, dst_path: str) -
 
 
 async def produce(
-    topic: str, values: list[bytes | dict[str, Any]], *, partition: int | None = None
+    topic: str, values: Sequence[bytes | Mapping[str, Any]], *, partition: int | None = None
 ) -> None:
     """Produce raw values (dicts become JSON; key = task_id when there is one)."""
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=5)
@@ -223,7 +227,7 @@ async def produce(
     try:
         futures = []
         for value in values:
-            if isinstance(value, dict):
+            if isinstance(value, Mapping):
                 key = str(value.get("task_id", "")).encode() or None
                 raw = json.dumps(value).encode()
             else:
@@ -329,3 +333,80 @@ async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> b
             return False
         await asyncio.sleep(interval)
     return True
+
+
+class Stack:
+    """One FTP server (pyftpdlib, in this process) with user alice, local storage, topics and a
+    consumer group of their own, a connections.ini naming them (``ftp-a``, ``ftp-dead``,
+    ``local``, ``local-b``), and the workers added with :meth:`add_worker`.
+
+    ``env`` applies to every worker; ``server_options`` go to :class:`EmbeddedFTPServer`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        partitions: int = 4,
+        env: Mapping[str, str] | None = None,
+        **server_options: Any,
+    ) -> None:
+        self.root = root
+        self.ftp_root = root / "ftp"
+        self.storage = root / "storage"
+        self.storage.mkdir(parents=True)
+        self.partitions = partitions
+        self.env = dict(env or {})
+        self.ftp = EmbeddedFTPServer(self.ftp_root, password=PASSWORD, **server_options).start()
+        self.names = Names()
+        self.connections = write_connections(
+            root / "connections.ini", self.ftp.port, self.storage, password=PASSWORD
+        )
+        self.workers: dict[str, Worker] = {}
+
+    def add_worker(
+        self, worker_id: str = "w1", extra_env: Mapping[str, str] | None = None, **options: Any
+    ) -> Worker:
+        """A worker of this stack's group (not started): the stack's env plus ``extra_env``."""
+        worker = Worker(
+            self.root,
+            self.names,
+            self.connections,
+            worker_id=worker_id,
+            extra_env={**self.env, **(extra_env or {})},
+            **options,
+        )
+        self.workers[worker_id] = worker
+        return worker
+
+    @property
+    def worker(self) -> Worker:
+        """The stack's only worker."""
+        (worker,) = self.workers.values()
+        return worker
+
+    async def make_topics(self) -> None:
+        await make_topics(self.names, self.partitions)
+
+    def start(self) -> Stack:
+        """Create the topics, then start every worker and wait until each is ready."""
+        asyncio.run(self.make_topics())
+        for worker in self.workers.values():
+            worker.start().wait_ready()
+        return self
+
+    def close(self, *, check_exit: bool = True) -> None:
+        """Stop the workers (SIGTERM; with ``check_exit`` each must exit 0), then the FTP server.
+
+        Without ``check_exit`` the workers are killed: for tests that already stopped them.
+        """
+        unclean = []
+        try:
+            for worker in self.workers.values():
+                if not check_exit:
+                    worker.kill()
+                elif worker.stop() != 0:
+                    unclean.append(f"{worker.worker_id}:\n{worker.tail()}")
+        finally:
+            self.ftp.stop()
+        assert not unclean, "\n".join(unclean)

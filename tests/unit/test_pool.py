@@ -8,7 +8,7 @@ import pytest
 from models.errors import ConnectionFailed, Deferred, PoolTimeout
 from pools.manager import SessionPoolManager
 from pools.state import SessionState
-from tests.unit.fake_sessions import FakeServer
+from tests.unit.fake_sessions import FakeServer, FakeSession
 
 
 def make_manager(pod_cap=100, acquire_timeout=5.0, health_check_idle=0.0, session_timeout=300.0):
@@ -38,7 +38,7 @@ async def test_sessions_are_reused_not_reopened():
 async def test_sessions_are_not_reused_when_reuse_is_off():
     """With reuse_sessions off, every task logs in on a new session that is closed after it."""
     server = FakeServer()
-    manager = SessionPoolManager(
+    manager: SessionPoolManager[FakeSession] = SessionPoolManager(
         max_sessions_per_pod=100,
         acquire_timeout=5.0,
         session_timeout=300.0,
@@ -58,7 +58,7 @@ async def test_sessions_are_not_reused_when_reuse_is_off():
 async def test_full_line_of_a_stalled_connection_parks_new_tasks():
     """Beyond max_waiting, a connection whose sessions never come back parks new tasks."""
     server = FakeServer(connect_delay=10)
-    manager = SessionPoolManager(
+    manager: SessionPoolManager[FakeSession] = SessionPoolManager(
         max_sessions_per_pod=100,
         acquire_timeout=5.0,
         session_timeout=300.0,
@@ -84,7 +84,7 @@ async def test_full_line_of_a_stalled_connection_parks_new_tasks():
 async def test_full_line_of_a_fast_connection_is_joined_not_parked():
     """Beyond max_waiting, tasks still join a line that moves fast (a busy, healthy server)."""
     server = FakeServer()
-    manager = SessionPoolManager(
+    manager: SessionPoolManager[FakeSession] = SessionPoolManager(
         max_sessions_per_pod=100,
         acquire_timeout=5.0,
         session_timeout=300.0,
@@ -252,7 +252,7 @@ async def test_server_pushback_lowers_the_cap_to_what_the_server_accepts_and_no_
 async def test_pushed_back_cap_probes_upward_after_the_cool_down():
     """Once the cool-down passes, the cap grows by one session per period."""
     now = [0.0]
-    manager = SessionPoolManager(
+    manager: SessionPoolManager[FakeSession] = SessionPoolManager(
         max_sessions_per_pod=100,
         acquire_timeout=5,
         session_timeout=300,

@@ -15,6 +15,7 @@ import socket
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -105,7 +106,7 @@ async def test_downloads_move_or_delete_their_sources_once_even_across_a_sigkill
     for n in range(PER_ACTION):
         for kind in ("mv", "rm"):
             task_id = f"{kind}-{n}"
-            value: dict[str, object] = task(
+            value: dict[str, Any] = task(
                 task_id, "vsftpd", run.put(task_id, 2000 + n * 37), "local", f"/in/{task_id}.bin"
             )
             if kind == "rm":
@@ -186,7 +187,7 @@ async def test_failed_move_is_reported_and_the_download_counts_once(farm, tmp_pa
     items = []
     for n in range(5):
         task_id = f"blocked-{n}"
-        value: dict[str, object] = task(
+        value: dict[str, Any] = task(
             task_id, "vsftpd", run.put(task_id, 5000), "local", f"/in/{task_id}.bin"
         )
         value["completion"] = {"action": "move", "target": f"{run.prefix}/blocked/{{name}}"}
@@ -237,7 +238,7 @@ async def test_failed_move_is_reported_and_the_download_counts_once(farm, tmp_pa
     print(f"failed action: {len(received)} results, one per task; {completion['error']}")
 
 
-async def raw_records(names: Names) -> dict[str, tuple[dict[str, object], list]]:
+async def raw_records(names: Names) -> dict[str, tuple[dict[str, Any], list]]:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(

@@ -37,7 +37,7 @@ class _Responder:
 def route_status(path: str, *, ready: bool) -> int:
     """The HTTP status app/web.py's view for ``path`` answers, the worker ready or not."""
     app = _FakeApp()
-    web.register_views(app)  # type: ignore[arg-type]
+    web.register_views(app, app)  # type: ignore[arg-type]
     assert path in app.views, f"{path} is not a route of app/web.py ({sorted(app.views)})"
     app.ready = ready
     status: int = asyncio.run(app.views[path].get(_Responder(), None))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 class Sent:
     key: bytes | None
     value: bytes
+    headers: list[tuple[str, bytes]] | None = None
 
 
 @dataclass
@@ -24,11 +25,13 @@ class FakeTopic:
     def get_topic_name(self) -> str:
         return self.name
 
-    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+    async def send(
+        self, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[None]:
         self.attempts += 1
         if self.attempts <= self.fail_sends:
             raise ConnectionError("broker unreachable")
-        self.sent.append(Sent(key, value))
+        self.sent.append(Sent(key, value, headers))
         delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivery.set_result(None)
         return delivery

@@ -190,9 +190,11 @@ async def test_resumed_download_entry_acts_once_and_never_on_a_changed_source(tm
     journal = CompletionJournal(tmp_path / "j")
     completer = Completer(journal)
     remote = FakeRemote({"/out/a.csv": b"abc"})
-    assert (await completer.resume_remote(remote, delivery()))["status"] == "done"
+    first = await completer.resume_remote(remote, delivery())
+    assert first is not None and first["status"] == "done"
     assert remote.files == {"/archive/a.csv": b"abc"}
-    assert (await completer.resume_remote(remote, delivery()))["status"] == "done"
+    again = await completer.resume_remote(remote, delivery())
+    assert again is not None and again["status"] == "done"
     assert remote.calls.count("RNFR /out/a.csv RNTO /archive/a.csv") == 1
     changed = FakeRemote({"/out/a.csv": b"a newer, longer file"})
     assert await completer.resume_remote(changed, delivery()) is None

@@ -15,7 +15,7 @@ import pytest
 from agents.transfer.local_files import HashingReader, LocalIO
 from app.settings import load_settings
 from app.task_api import Rejected, validate_tasks
-from models.connections import load_registry
+from models.connections import FtpConnection, load_registry
 from models.errors import ConfigError, LocalIOTimeout, TransferIOError
 from models.task import parse_task
 
@@ -36,13 +36,15 @@ def test_the_readme_connections_example_loads(tmp_path, monkeypatch):
     path.write_text(readme_ini().replace("/etc/ftp-pooler/partner-ca.pem", str(ca)))
     registry = load_registry(path)
     remote = registry["remote-server-a"]
+    assert isinstance(remote, FtpConnection)
     assert (remote.port, remote.user, remote.password, remote.max_sessions) == (
         21,
         "username",
         "password",
         4,
     )
-    assert registry["partner-ftps"].tls == "explicit"
+    partner = registry["partner-ftps"]
+    assert isinstance(partner, FtpConnection) and partner.tls == "explicit"
 
 
 def test_a_password_keeps_semicolons_and_hashes_as_the_readme_says(tmp_path):

@@ -73,7 +73,8 @@ def sender(topic: FakeStatusTopic, **options: Any) -> StatusSender:
 async def test_in_progress_is_held_back_and_never_overtakes_the_outcome():
     """A quick attempt sends only its outcome; a slow one sends in_progress, then the outcome."""
     topic = FakeStatusTopic()
-    async with sender(topic, in_progress_after=0.05, batch_seconds=0.02) as statuses:
+    statuses = sender(topic, in_progress_after=0.05, batch_seconds=0.02)
+    async with statuses:
         await statuses.attempt_started(task("quick"), 1)
         await statuses.finished(outcome("quick"))
         assert topic.messages == []  # queued, not sent yet
@@ -128,7 +129,8 @@ async def test_a_submission_is_sent_at_once_with_what_was_queued_before():
 async def test_stopping_the_sender_sends_what_is_still_queued():
     """The final flush is the service's on_stop: nothing queued is left behind."""
     topic = FakeStatusTopic()
-    async with sender(topic, batch_seconds=60) as statuses:
+    statuses = sender(topic, batch_seconds=60)
+    async with statuses:
         await statuses.finished(outcome("last"))
         assert topic.messages == []
     assert topic.changes() == [("last", "success")]

@@ -13,16 +13,33 @@ KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/tes
 	tests/compat/test_e2e_tls.py
 export KAFKA_PORT ?= 19092
 
-.PHONY: setup demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
+.PHONY: setup lock demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
 	compat-setup test-compat test-kafka-matrix
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# Installs from the lock, never from pyproject.toml's ranges: requirements-dev.lock pins every
+# package (the runtime ones exactly as requirements.lock, the image's, does; the dev tools; pip and
+# the build backend) with its sha256 hashes. The venv is recreated when the lock changes, so it holds
+# the lock and nothing else; the project itself goes in editable, offline, with no dependencies.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/pip install --quiet --require-hashes --requirement requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@
+
+# Re-resolve the three lock files (needs PyPI; a few minutes). Pins stay where pyproject.toml and
+# requirements-build.in still allow them; LOCK_ARGS=--upgrade moves every pin to the newest allowed
+# release, LOCK_ARGS="--upgrade-package aiohttp" just that one. Commit the lock files with the
+# change that needed them; `make setup`, CI and the image then install exactly those.
+LOCK_ARGS ?=
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+	--strip-extras --allow-unsafe --no-emit-find-links $(LOCK_ARGS)
+lock: setup
+	$(PIP_COMPILE) --output-file requirements-build.lock requirements-build.in
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --all-build-deps --constraint requirements.lock \
+	  --constraint requirements-build.lock --output-file requirements-dev.lock pyproject.toml
 
 # checkov (policy checks of k8s/ and the Dockerfile in tests/deploy) pins packaging<24, which the
 # project's pytest cannot use, so it gets its own virtualenv; pinned so new checks land deliberately.
@@ -126,3 +143,4 @@ bench bench-smoke: setup kafka-fetch bench-deps
 	  $(if $(filter bench-smoke,$@),--smoke) $(BENCH_ARGS); status=$$?; \
 	$(BENCH_KAFKA) scripts/local-kafka.sh down; \
 	exit $$status
+

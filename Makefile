@@ -14,7 +14,7 @@ KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/tes
 export KAFKA_PORT ?= 19092
 
 .PHONY: setup lock demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
-	compat-setup test-compat test-kafka-matrix
+	compat-setup test-compat test-kafka-matrix image test-image
 
 setup: $(VENV)/.installed
 
@@ -144,3 +144,27 @@ bench bench-smoke: setup kafka-fetch bench-deps
 	$(BENCH_KAFKA) scripts/local-kafka.sh down; \
 	exit $$status
 
+# The worker image (README, Deploy), not part of `make test`. `image` builds it with docker, podman
+# or buildah, whichever works here (installing buildah from Debian when there is none); add
+# IMAGE_BASE=debian where python:3.11-slim's registry is out of reach: a base of Debian's python3 is
+# built with mmdebstrap first. `test-image` builds it, then runs the worker inside it as the cluster
+# would (uid 1000, read-only root filesystem, the image's entrypoint and environment) against its
+# own broker and a real FTP server, and stops it with SIGTERM (tests/deploy/test_image_run.py).
+IMAGE ?= ftp-pooler:0.1.0
+IMAGE_KAFKA_PORT ?= 19652
+IMAGE_KAFKA := KAFKA_PORT=$(IMAGE_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-image-$(IMAGE_KAFKA_PORT)
+export IMAGE
+
+image:
+	scripts/image.sh deps
+	scripts/image.sh build
+
+test-image: setup kafka-fetch image
+	$(IMAGE_KAFKA) scripts/local-kafka.sh down
+	rm -rf $(CURDIR)/.local/kafka-image-$(IMAGE_KAFKA_PORT)
+	$(IMAGE_KAFKA) scripts/local-kafka.sh up
+	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(IMAGE_KAFKA_PORT) FTP_POOLER_TEST_IMAGE=$(IMAGE) \
+	  FTP_POOLER_TEST_IMAGE_RUNNER=$$(scripts/image.sh builder) \
+	  $(BIN)/pytest -s tests/deploy/test_image_run.py; status=$$?; \
+	$(IMAGE_KAFKA) scripts/local-kafka.sh down; \
+	exit $$status

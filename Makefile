@@ -13,16 +13,33 @@ KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/tes
 	tests/compat/test_e2e_tls.py
 export KAFKA_PORT ?= 19092
 
-.PHONY: setup demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
-	kustomize-setup compat-setup test-compat test-kafka-matrix
+.PHONY: setup lock demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
+	kustomize-setup compat-setup test-compat test-kafka-matrix image test-image
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# Installs from the lock, never from pyproject.toml's ranges: requirements-dev.lock pins every
+# package (the runtime ones exactly as requirements.lock, the image's, does; the dev tools; pip and
+# the build backend) with its sha256 hashes. The venv is recreated when the lock changes, so it holds
+# the lock and nothing else; the project itself goes in editable, offline, with no dependencies.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/pip install --quiet --require-hashes --requirement requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@
+
+# Re-resolve the three lock files (needs PyPI; a few minutes). Pins stay where pyproject.toml and
+# requirements-build.in still allow them; LOCK_ARGS=--upgrade moves every pin to the newest allowed
+# release, LOCK_ARGS="--upgrade-package aiohttp" just that one. Commit the lock files with the
+# change that needed them; `make setup`, CI and the image then install exactly those.
+LOCK_ARGS ?=
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+	--strip-extras --allow-unsafe --no-emit-find-links $(LOCK_ARGS)
+lock: setup
+	$(PIP_COMPILE) --output-file requirements-build.lock requirements-build.in
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --all-build-deps --constraint requirements.lock \
+	  --constraint requirements-build.lock --output-file requirements-dev.lock pyproject.toml
 
 # checkov (policy checks of k8s/ and the Dockerfile in tests/deploy) pins packaging<24, which the
 # project's pytest cannot use, so it gets its own virtualenv; pinned so new checks land deliberately.
@@ -167,3 +184,28 @@ kafka-cluster-down:
 # About three minutes: starts (and stops) its own brokers on ports 19710-19766.
 test-kafka-setups: setup kafka-fetch
 	FTP_POOLER_KAFKA_SETUPS=1 $(BIN)/pytest -p no:cacheprovider tests/integration/test_kafka_setups.py
+
+# The worker image (README, Deploy), not part of `make test`. `image` builds it with docker, podman
+# or buildah, whichever works here (installing buildah from Debian when there is none); add
+# IMAGE_BASE=debian where python:3.11-slim's registry is out of reach: a base of Debian's python3 is
+# built with mmdebstrap first. `test-image` builds it, then runs the worker inside it as the cluster
+# would (uid 1000, read-only root filesystem, the image's entrypoint and environment) against its
+# own broker and a real FTP server, and stops it with SIGTERM (tests/image/test_image_run.py).
+IMAGE ?= ftp-pooler:0.1.0
+IMAGE_KAFKA_PORT ?= 19652
+IMAGE_KAFKA := KAFKA_PORT=$(IMAGE_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-image-$(IMAGE_KAFKA_PORT)
+export IMAGE
+
+image:
+	scripts/image.sh deps
+	scripts/image.sh build
+
+test-image: setup kafka-fetch image
+	$(IMAGE_KAFKA) scripts/local-kafka.sh down
+	rm -rf $(CURDIR)/.local/kafka-image-$(IMAGE_KAFKA_PORT)
+	$(IMAGE_KAFKA) scripts/local-kafka.sh up
+	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(IMAGE_KAFKA_PORT) FTP_POOLER_TEST_IMAGE=$(IMAGE) \
+	  FTP_POOLER_TEST_IMAGE_RUNNER=$$(scripts/image.sh builder) \
+	  $(BIN)/pytest -s tests/image; status=$$?; \
+	$(IMAGE_KAFKA) scripts/local-kafka.sh down; \
+	exit $$status

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import aiohttp
 import click
@@ -69,6 +69,20 @@ class worker(faust_worker):
             print(f"ftp-pooler: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         return super().as_service(loop, *args, **kwargs)
+
+    def _init_worker_options(self, *args: Any, web_port: int | None, **kwargs: Any) -> None:
+        # The probes and the image's HEALTHCHECK call api.port: a -p/--web-port that moved the
+        # web server elsewhere would leave them asking a port nobody serves.
+        port = cast("FtpPoolerApp", self.app).settings.api.port
+        if web_port is not None and web_port != port:
+            print(
+                f"ftp-pooler: configuration error: --web-port {web_port} differs from api.port "
+                f"{port} (the port the probes call); set FTP_POOLER_API__PORT instead",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(2)
+        super()._init_worker_options(*args, web_port=web_port, **kwargs)
 
 
 def console() -> Console:

@@ -29,6 +29,7 @@ class Instruction:
 class Stage:
     base: str
     name: str | None
+    raw_base: str = ""
     instructions: list[Instruction] = field(default_factory=list)
 
     def all(self, keyword: str) -> list[Instruction]:
@@ -43,9 +44,24 @@ class Stage:
         return values
 
 
+def global_args(path: Path) -> dict[str, str]:
+    """Defaults of the ARGs declared before the first FROM (the ones FROM lines may use)."""
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if stripped.upper().startswith("FROM "):
+            break
+        found = re.fullmatch(r"ARG\s+(\w+)(?:=(\S*))?", stripped, re.IGNORECASE)
+        if found:
+            values[found.group(1)] = (found.group(2) or "").strip("\"'")
+    return values
+
+
 def parse(path: Path) -> list[Stage]:
-    """Stages in order; continuation lines joined, comments and blank lines dropped."""
+    """Stages in order; continuation lines joined, comments and blank lines dropped. A stage's
+    base has the global ARGs' defaults filled in; ``raw_base`` keeps the FROM text."""
     stages: list[Stage] = []
+    defaults = global_args(path)
     pending = ""
     start = 0
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -66,7 +82,10 @@ def parse(path: Path) -> list[Stage]:
         if instruction.keyword == "FROM":
             parts = instruction.arguments.split()
             name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(parts[0], name))
+            base = re.sub(
+                r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m.group(1) or m.group(2)], parts[0]
+            )
+            stages.append(Stage(base, name, raw_base=parts[0]))
         elif stages:
             stages[-1].instructions.append(instruction)
     return stages

@@ -5,6 +5,7 @@ a build context without tests or caches, and a clean hadolint run."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -38,11 +39,23 @@ def runtime(stages: list[dockerfile.Stage]) -> dockerfile.Stage:
 def test_stages_share_one_slim_python_311_base_pinned_by_patch_version(
     stages: list[dockerfile.Stage],
 ) -> None:
-    """Build and runtime stages use the same python:3.11.N-slim image (the venv links into it)."""
+    """Build and runtime stages use the same python:3.11.N-slim image (the venv links into it):
+    one BASE_IMAGE argument, so a Debian base given instead (make image IMAGE_BASE=debian) is used
+    by both stages too."""
     assert len(stages) >= 2
+    assert {stage.raw_base for stage in stages} == {"${BASE_IMAGE}"}
     bases = {stage.base for stage in stages}
     assert len(bases) == 1
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", bases.pop())
+
+
+def test_stages_call_python3_by_name_so_either_base_works(stages: list[dockerfile.Stage]) -> None:
+    """The official image has python3 in /usr/local/bin, Debian's in /usr/bin: no path is assumed,
+    and `python` (absent from Debian's base) is only the virtualenv's."""
+    for stage in stages:
+        for instruction in stage.all("RUN"):
+            assert "/usr/local" not in instruction.arguments
+            assert not re.search(r"(^|&& |then )python\b", instruction.arguments)
 
 
 def test_runtime_stage_runs_as_uid_1000_and_installs_nothing(
@@ -59,16 +72,23 @@ def test_runtime_stage_runs_as_uid_1000_and_installs_nothing(
         assert source and source.group(1) in build_names, copy.arguments
 
 
-def test_dependencies_install_from_pyproject_without_cache(stages: list[dockerfile.Stage]) -> None:
-    """The build stage installs pyproject.toml's dependencies and the package, pip cache off."""
+def test_dependencies_install_from_the_lock_with_hashes_without_cache(
+    stages: list[dockerfile.Stage],
+) -> None:
+    """The build stage installs requirements.lock (hashes required, nothing resolved) and the
+    build tools from requirements-build.lock, pip cache off; the project goes in without deps."""
     installs = [
-        i.arguments
+        command
         for s in stages[:-1]
         for i in s.all("RUN")
-        if re.search(r"pip\b.*install", i.arguments)
+        for command in i.arguments.split("&&")
+        if re.search(r"pip\b.*\b(install|wheel)\b", command)
     ]
     assert installs and all("--no-cache-dir" in text for text in installs)
-    assert any("pyproject.toml" in text and "--requirement" in text for text in installs)
+    for lock in ("requirements.lock", "requirements-build.lock"):
+        (command,) = [c for c in installs if f"--requirement {lock}" in c]
+        assert "--require-hashes" in command and "--no-deps" in command
+    assert all("--no-deps" in text for text in installs)
 
 
 def _worker(full: list[Manifest]) -> tuple[Manifest, Manifest]:
@@ -136,7 +156,16 @@ def test_build_context_holds_the_package_and_nothing_else(stages: list[dockerfil
             for source in copy.arguments.split()[:-1]:
                 assert any(p == source or p.startswith(source + "/") for p in context), source
     tops = {path.split("/")[0] for path in context}
-    assert tops == {"pyproject.toml", "README.md", "app", "agents", "models", "pools"}
+    assert tops == {
+        "pyproject.toml",
+        "README.md",
+        "requirements.lock",
+        "requirements-build.lock",
+        "app",
+        "agents",
+        "models",
+        "pools",
+    }
     for path in context:
         assert "__pycache__" not in path and not path.endswith((".pyc", ".jar"))
 
@@ -172,3 +201,30 @@ def test_hadolint_reports_nothing() -> None:
     for number, line in enumerate(lines):
         if "hadolint ignore=" in line:
             assert lines[number - 1].lstrip().startswith("#"), "an ignore needs a reason above it"
+
+
+def test_worker_refuses_a_web_port_the_probes_would_not_call(tmp_path: Path) -> None:
+    """`worker -p N` with N other than api.port stops at start-up (exit 2, one line): the probes
+    and HEALTHCHECK call api.port, so the flag cannot move the web server away from them."""
+    connections = tmp_path / "connections.ini"
+    connections.write_text(f"[local]\ntype = local\nbase_path = {tmp_path}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env |= {
+        CONNECTIONS_ENV: str(connections),
+        DATA_DIR_ENV: str(tmp_path / "data"),
+        f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
+        f"{ENV_PREFIX}API__PORT": "18080",
+    }
+    faust = Path(sys.executable).with_name("faust")
+    result = subprocess.run(
+        [str(faust), "-L", "uvloop", "-A", "app", "worker", "-l", "info", "-p", "18081"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    expected = "ftp-pooler: configuration error: --web-port 18081 differs from api.port 18080"
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

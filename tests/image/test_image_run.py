@@ -33,7 +33,6 @@ MAX_MB = int(os.environ.get("FTP_POOLER_TEST_IMAGE_MAX_MB", "350"))
 UID = 1000
 
 
-
 def say(line: str) -> None:
     print(f"test-image: {line}", flush=True)
 

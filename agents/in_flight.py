@@ -4,6 +4,10 @@ Faust commits "highest contiguous acked offset + 1", but its gap guard is off by
 (issue #606), so acking out of order can commit past a task still running. Here an event is
 acked only when it and every earlier event of its partition have finished: the acked offsets are
 always a prefix, and the committed offset can never pass an unfinished task.
+
+With ``staged=True`` (``exactly_once``) each event runs with an outbox of its own
+(:mod:`agents.outbox`) and the in-order ack is ``ack(event, records)``: the transactional
+committer then produces the records and commits the offset in one transaction.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from typing import Any
 
 import structlog
 
+from agents import outbox
+from agents.outbox import OutRecord
+
 log = structlog.get_logger("ftp_pooler.in_flight")
 
-Ack = Callable[[Any], Awaitable[Any]]
+# ack(event), or ack(event, records) when staged.
+Ack = Callable[..., Awaitable[Any]]
 
 
 @dataclass(eq=False)
@@ -28,13 +36,15 @@ class _Entry:
     task: asyncio.Task[None] | None = None
     finished: bool = False
     started: float = field(default=0.0)
+    records: list[OutRecord] | None = None
 
 
 class InFlight:
     """Runs up to ``limit`` handlers concurrently; acks finished events in offset order."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, staged: bool = False) -> None:
         self.limit = limit
+        self.staged = staged
         self._slots = asyncio.Semaphore(limit)
         self._pending: dict[Any, deque[_Entry]] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -69,6 +79,8 @@ class InFlight:
         self, entry: _Entry, handler: Callable[[Any], Awaitable[None]], ack: Ack
     ) -> None:
         try:
+            if self.staged:
+                entry.records = outbox.open_outbox()  # this asyncio task's own
             await handler(entry.event)
             entry.finished = True
         except asyncio.CancelledError:
@@ -86,7 +98,10 @@ class InFlight:
         while queue and queue[0].finished:
             entry = queue.popleft()
             self.completed += 1
-            await ack(entry.event)
+            if self.staged:
+                await ack(entry.event, entry.records or [])
+            else:
+                await ack(entry.event)
 
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds for running handlers, cancel the rest; return how many.

@@ -48,6 +48,8 @@ class InFlight:
         self._slots = asyncio.Semaphore(limit)
         self._pending: dict[Any, deque[_Entry]] = {}
         self._running: set[asyncio.Task[None]] = set()
+        self._last_offset: dict[Any, int] = {}  # per partition, the last event submitted
+        self.redelivered = 0  # staged: events of an offset already submitted, skipped
         self.completed = 0
         self.abandoned = 0
 
@@ -66,9 +68,21 @@ class InFlight:
         return sum(len(q) for q in self._pending.values())
 
     async def submit(self, event: Any, handler: Callable[[Any], Awaitable[None]], ack: Ack) -> None:
-        """Start ``handler(event)`` once a slot is free; returns as soon as it has started."""
+        """Start ``handler(event)`` once a slot is free; returns as soon as it has started.
+
+        Staged (exactly_once), an event whose offset was already submitted since the last
+        drain is a second delivery of the same message: running it would commit its outcome
+        twice, so it is skipped (the first delivery's outcome stands for both)."""
+        tp, offset = event.message.tp, event.message.offset
+        if self.staged:
+            last = self._last_offset.get(tp)
+            if last is not None and offset <= last:
+                self.redelivered += 1
+                log.warning("redelivered_event_skipped", partition=str(tp), offset=offset)
+                return
+            self._last_offset[tp] = offset
         await self._slots.acquire()
-        entry = _Entry(event=event, partition=event.message.tp)
+        entry = _Entry(event=event, partition=tp)
         self._pending.setdefault(entry.partition, deque()).append(entry)
         task = asyncio.create_task(self._run(entry, handler, ack))
         entry.task = task
@@ -120,4 +134,5 @@ class InFlight:
             await asyncio.gather(*still, return_exceptions=True)
         self.abandoned += len(still)
         self._pending.clear()  # unfinished heads block their partitions: nothing more to ack
+        self._last_offset.clear()  # the next assignment fetches from the committed offsets
         return len(still)

@@ -158,6 +158,9 @@ class TransactionalCommitter(mode.Service):
         if p is None or p.fenced:
             self.dropped_total += 1  # not ours any more: the owner redoes it
             return
+        if p.next_offset is not None and message.offset < p.next_offset:
+            self.dropped_total += 1  # a second delivery of a completed offset: never twice
+            return
         p.pending.extend(records)
         p.pending_tasks += 1
         p.next_offset = message.offset + 1

@@ -15,7 +15,8 @@ tasks produced first (``pooler``: the drain rate), with tasks produced while it 
 Without ``--variant`` FTP Pooler runs twice per turn: ``kafka.processing_guarantee`` exactly_once
 and at_least_once. ``--variant`` (repeatable) runs FTP Pooler from another virtualenv (another
 checkout's code), with extra ``FTP_POOLER_*`` settings (``"env"``) or another event loop
-(``"loop"``), alongside the others in the same rotation: that is how a candidate change is measured against the baseline.
+(``"loop"``), alongside the others in the same rotation: that is how a candidate change is
+measured against the baseline.
 """
 
 from __future__ import annotations

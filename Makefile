@@ -92,6 +92,7 @@ soak: setup kafka-fetch compat-setup
 	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(SOAK_KAFKA_PORT) FTP_POOLER_SOAK_SCALE=10 \
 	  FTP_POOLER_TEST_KAFKA_STATE=$(CURDIR)/.local/kafka-soak \
 	  $(BIN)/pytest -s tests/integration/test_delivery.py tests/integration/test_poison.py \
+	  tests/integration/test_exactly_once.py \
 	  tests/compat/test_completion_e2e.py; \
 	status=$$?; KAFKA_PORT=$(SOAK_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-soak \
 	  scripts/local-kafka.sh down; exit $$status

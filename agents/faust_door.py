@@ -53,6 +53,45 @@ def raw_producer(app: faust.App) -> Any:
     return app.producer._ensure_producer()  # type: ignore[attr-defined]
 
 
+def producer_settings(app: faust.App) -> dict[str, Any]:
+    """The aiokafka options Faust's producer is built with (brokers, client id, timeouts, TLS and
+    SASL), so our transactional producers connect exactly as Faust's does."""
+    producer: Any = app.producer
+    return {**producer._settings_default(), **producer._settings_auth()}
+
+
+def read_committed(consumer: Any) -> None:
+    """Make the (not yet started) Faust consumer read with ``isolation_level=read_committed``.
+
+    Faust sets it only with its own ``processing_guarantee="exactly_once"`` (known to be buggy,
+    #517 #323 #440), which we do not use: our transactions put retry entries on the retry topic,
+    and an entry of an aborted transaction must never be retried. The aiokafka consumer is built
+    by Faust's consumer thread when it starts; the level is set on it before its fetcher exists.
+    """
+    thread = consumer._thread
+    create = thread._create_worker_consumer
+
+    def create_read_committed(transport: Any) -> Any:
+        client = create(transport)
+        client._isolation_level = "read_committed"
+        return client
+
+    thread._create_worker_consumer = create_read_committed
+
+
+class ReadCommittedConsumer:
+    """Mixin for a ``faust.App``: with ``consumer_read_committed`` true, its consumer reads
+    committed messages only (see :func:`read_committed`)."""
+
+    consumer_read_committed = False
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()  # type: ignore[misc]
+        if self.consumer_read_committed:
+            read_committed(consumer)
+        return consumer
+
+
 def forget_table_key(table: Any, key: Any) -> None:
     """Remove ``key`` from a table's local store only. Outside stream iteration ``del table[key]``
     raises, so a purge writes the tombstone to the changelog itself and then drops the key here."""

@@ -4,6 +4,10 @@ Faust commits "highest contiguous acked offset + 1", but its gap guard is off by
 (issue #606), so acking out of order can commit past a task still running. Here an event is
 acked only when it and every earlier event of its partition have finished: the acked offsets are
 always a prefix, and the committed offset can never pass an unfinished task.
+
+With ``staged=True`` (``exactly_once``) each event runs with an outbox of its own
+(:mod:`agents.outbox`) and the in-order ack is ``ack(event, records)``: the transactional
+committer then produces the records and commits the offset in one transaction.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from typing import Any
 
 import structlog
 
+from agents import outbox
+from agents.outbox import OutRecord
+
 log = structlog.get_logger("ftp_pooler.in_flight")
 
-Ack = Callable[[Any], Awaitable[Any]]
+# ack(event), or ack(event, records) when staged.
+Ack = Callable[..., Awaitable[Any]]
 
 
 @dataclass(eq=False)
@@ -28,16 +36,20 @@ class _Entry:
     task: asyncio.Task[None] | None = None
     finished: bool = False
     started: float = field(default=0.0)
+    records: list[OutRecord] | None = None
 
 
 class InFlight:
     """Runs up to ``limit`` handlers concurrently; acks finished events in offset order."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, staged: bool = False) -> None:
         self.limit = limit
+        self.staged = staged
         self._slots = asyncio.Semaphore(limit)
         self._pending: dict[Any, deque[_Entry]] = {}
         self._running: set[asyncio.Task[None]] = set()
+        self._last_offset: dict[Any, int] = {}  # per partition, the last event submitted
+        self.redelivered = 0  # staged: events of an offset already submitted, skipped
         self.completed = 0
         self.abandoned = 0
 
@@ -56,9 +68,21 @@ class InFlight:
         return sum(len(q) for q in self._pending.values())
 
     async def submit(self, event: Any, handler: Callable[[Any], Awaitable[None]], ack: Ack) -> None:
-        """Start ``handler(event)`` once a slot is free; returns as soon as it has started."""
+        """Start ``handler(event)`` once a slot is free; returns as soon as it has started.
+
+        Staged (exactly_once), an event whose offset was already submitted since the last
+        drain is a second delivery of the same message: running it would commit its outcome
+        twice, so it is skipped (the first delivery's outcome stands for both)."""
+        tp, offset = event.message.tp, event.message.offset
+        if self.staged:
+            last = self._last_offset.get(tp)
+            if last is not None and offset <= last:
+                self.redelivered += 1
+                log.warning("redelivered_event_skipped", partition=str(tp), offset=offset)
+                return
+            self._last_offset[tp] = offset
         await self._slots.acquire()
-        entry = _Entry(event=event, partition=event.message.tp)
+        entry = _Entry(event=event, partition=tp)
         self._pending.setdefault(entry.partition, deque()).append(entry)
         task = asyncio.create_task(self._run(entry, handler, ack))
         entry.task = task
@@ -69,6 +93,8 @@ class InFlight:
         self, entry: _Entry, handler: Callable[[Any], Awaitable[None]], ack: Ack
     ) -> None:
         try:
+            if self.staged:
+                entry.records = outbox.open_outbox()  # this asyncio task's own
             await handler(entry.event)
             entry.finished = True
         except asyncio.CancelledError:
@@ -86,7 +112,10 @@ class InFlight:
         while queue and queue[0].finished:
             entry = queue.popleft()
             self.completed += 1
-            await ack(entry.event)
+            if self.staged:
+                await ack(entry.event, entry.records or [])
+            else:
+                await ack(entry.event)
 
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds for running handlers, cancel the rest; return how many.
@@ -105,4 +134,5 @@ class InFlight:
             await asyncio.gather(*still, return_exceptions=True)
         self.abandoned += len(still)
         self._pending.clear()  # unfinished heads block their partitions: nothing more to ack
+        self._last_offset.clear()  # the next assignment fetches from the committed offsets
         return len(still)

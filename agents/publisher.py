@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from agents import outbox
 from models.result import Status, TransferResult
 
 log = structlog.get_logger("ftp_pooler.publisher")
@@ -16,7 +17,7 @@ RETRY_INITIAL_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 
 
-Headers = list[tuple[str, bytes]]
+Headers = outbox.Headers
 
 
 async def send_until_acked(
@@ -26,7 +27,14 @@ async def send_until_acked(
 
     Callers ack the task's offset only after this returns, so nothing is lost while Kafka is
     unreachable: the worker waits, and a crash meanwhile only repeats the task.
+
+    Inside an event with an outbox (``exactly_once``), the message is only staged there: the
+    transactional committer produces it together with the commit of the event's offset.
     """
+    staged = outbox.current()
+    if staged is not None:
+        staged.append(outbox.OutRecord(topic.get_topic_name(), key, value, list(headers or ())))
+        return
     delay = RETRY_INITIAL_SECONDS
     while True:
         try:

@@ -15,9 +15,11 @@ import faust
 import structlog
 
 from agents.in_flight import InFlight
+from agents.outbox import OutRecord
 from agents.publisher import Headers, ResultPublisher
 from agents.retries import RetryEntry, RetryPolicy, RetryQueue
 from agents.status_sender import NoStatus, StatusRecorder
+from agents.transactions import TransactionalCommitter
 from agents.transfer.runner import TransferRunner, utc_now
 from models.errors import Deferred, FtpPoolerError, InvalidTask, UnknownError
 from models.result import Status, TransferResult, raw_value_text
@@ -234,15 +236,32 @@ def _is_hex(text: str) -> bool:
 
 
 def register_agent(
-    app: faust.App, topic: Any, name: str, in_flight: InFlight, handler: Callable[[Any], Any]
+    app: faust.App,
+    topic: Any,
+    name: str,
+    in_flight: InFlight,
+    handler: Callable[[Any], Any],
+    committer: TransactionalCommitter | None = None,
 ) -> Any:
-    """One actor on ``topic`` (no auto-ack): it starts handlers and acks them in order."""
+    """One actor on ``topic`` (no auto-ack): it starts handlers and acks them in order.
+
+    With a ``committer`` (exactly_once; ``in_flight`` staged) the in-order ack hands each event
+    and its outcome to the committer, which commits them in one transaction; Faust's own ack
+    follows for its bookkeeping only (the topic has acks off, so Faust commits nothing of it).
+    """
 
     async def consume(stream: Any) -> None:
         manual = stream.noack()
+        ack: Callable[..., Any] = manual.ack
+        if committer is not None:
+
+            async def ack(event: Any, records: list[OutRecord]) -> None:
+                await committer.complete(event, records)
+                await manual.ack(event)
+
         async for event in manual.events():
             try:
-                await in_flight.submit(event, handler, manual.ack)
+                await in_flight.submit(event, handler, ack)
             except Exception:
                 # Never let an exception escape: the actor would restart and skip offsets.
                 log.exception("task_submit_failed", agent=name)

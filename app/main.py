@@ -16,7 +16,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from agents import faust_door, session_reports
-from agents.faust_door import BoundedWaitEmpty
+from agents.faust_door import BoundedWaitEmpty, ReadCommittedConsumer
 from agents.in_flight import InFlight
 from agents.publisher import ResultPublisher
 from agents.retries import RetryPolicy, RetryQueue
@@ -25,6 +25,7 @@ from agents.status_sender import StatusSender
 from agents.status_table import TABLE_NAME as STATUS_TABLE
 from agents.status_table import StatusTable
 from agents.tasks import TaskHandler, register_agent
+from agents.transactions import GroupOffsets, TransactionalCommitter, producer_factory
 from agents.transfer.completion import Completer
 from agents.transfer.runner import TransferRunner
 from agents.transfer.temp_journal import WorkerJournal
@@ -33,6 +34,7 @@ from app.metrics import (
     ConsumerLagCollector,
     MetricsServer,
     StateCollector,
+    TransactionCollector,
     TransferMetrics,
     consumer_lag,
 )
@@ -49,9 +51,12 @@ from pools.session import FTPSession
 log = structlog.get_logger("ftp_pooler.worker")
 
 VERSION = "0.1.0"
+# On shutdown or rebalance, how long the finished tasks' last transactions may take; what is not
+# committed by then is dropped uncommitted (and redone by the partition's next owner).
+TRANSACTION_FLUSH_SECONDS = 10.0
 
 
-class FtpPoolerApp(BoundedWaitEmpty, faust.App):
+class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
     """The worker: a Faust app whose constructor builds every part from settings and registry.
 
     The parts are :class:`mode.Service`s started and stopped with the app: the session pools and
@@ -76,6 +81,11 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         self._joined = False
         self._stopping = False
         self._started_at = 0.0
+        # exactly_once: outcomes and offsets of the task topics commit in transactions (the
+        # committer); the consumer reads committed messages only, so a retry entry of an
+        # aborted transaction is never retried.
+        self.exactly_once = kafka.processing_guarantee == "exactly_once"
+        self.consumer_read_committed = self.exactly_once
 
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics = TransferMetrics(self.metrics_registry)
@@ -83,8 +93,8 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
             c.id: session_factory(c, settings.transfer) for c in registry.ftp_connections()
         }
         self.pools = session_pools(settings, registry, self.session_factories, self.metrics)
-        self.in_flight = InFlight(worker.max_in_flight)
-        self.retry_in_flight = InFlight(settings.retry.max_pending)
+        self.in_flight = InFlight(worker.max_in_flight, staged=self.exactly_once)
+        self.retry_in_flight = InFlight(settings.retry.max_pending, staged=self.exactly_once)
         self.journal = WorkerJournal(journal_path(settings))  # per consumer group
         self.runner = TransferRunner(
             registry,
@@ -99,12 +109,16 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         )
 
         # Topics and tables.
-        self.input_topic = raw_topic(self, kafka.input_topic)
+        # In exactly_once mode Faust never commits the task topics (acks off for them): the
+        # committer commits their offsets inside its transactions.
+        task_acks = not self.exactly_once
+        self.input_topic = raw_topic(self, kafka.input_topic, acks=task_acks)
         retry_topic = raw_topic(
             self,
             f"{kafka.consumer_group}-retries",
             internal=True,
             partitions=kafka.topic_partitions,
+            acks=task_acks,
         )
         status_topic, status_table = declare_status(self)
         report_topic, session_table = session_reports.declare(self)
@@ -143,12 +157,27 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
             status=self.status_sender,
         )
 
+        self.committer: TransactionalCommitter | None = None
+        if self.exactly_once:
+            self.committer = self._transactional_committer(kafka.transaction_interval_seconds)
+            self.on_partitions_assigned.connect(self._assign_transactions)  # type: ignore[arg-type]
+
         # Agents: the two task agents, and the two that write the tables.
         register_agent(
-            self, self.input_topic, "transfer_tasks", self.in_flight, self.handler.handle_task
+            self,
+            self.input_topic,
+            "transfer_tasks",
+            self.in_flight,
+            self.handler.handle_task,
+            self.committer,
         )
         register_agent(
-            self, retry_topic, "retry_tasks", self.retry_in_flight, self.handler.handle_retry
+            self,
+            retry_topic,
+            "retry_tasks",
+            self.retry_in_flight,
+            self.handler.handle_retry,
+            self.committer,
         )
         self.agent(status_topic, name="task_status", concurrency=1)(self.statuses.record)
         self.agent(report_topic, name="session_reports", concurrency=1)(self.fleet.record)
@@ -157,6 +186,7 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         # requests) into the same registry, served on metrics.port and at /metrics on the API.
         self.metrics_registry.register(StateCollector(self.pools, self.in_flight.count_running))
         self.metrics_registry.register(ConsumerLagCollector(self.consumer_lag))
+        self.metrics_registry.register(TransactionCollector(self.transactions))
         setup_prometheus_sensors(
             self, registry=self.metrics_registry, name_prefix="ftp_pooler_faust"
         )
@@ -196,7 +226,15 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
                 **self.statuses.snapshot(),
                 "send_failures_total": self.status_sender.send_failures_total,
             },
+            "transactions": self.transactions(),
         }
+
+    def transactions(self) -> dict[str, Any]:
+        """The processing guarantee in force and, in exactly_once mode, transaction health."""
+        mode = self.settings.kafka.processing_guarantee
+        if self.committer is None:
+            return {"processing_guarantee": mode}
+        return {"processing_guarantee": mode, **self.committer.snapshot()}
 
     def owned_status_partitions(self) -> list[int]:
         """The status table partitions this worker is the active owner of."""
@@ -212,12 +250,19 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         consumer = faust_door.started_consumer(self)
         if consumer is None:
             return {}
+        committer = self.committer
+
+        def committed(tp: Any) -> int | None:
+            ours = committer.committed(tp) if committer is not None else None
+            return ours if ours is not None else faust_door.committed_offset(consumer, tp)
+
         return consumer_lag(
-            faust_door.assignment(self),
-            {self.settings.kafka.input_topic, self.internal_topics[0].get_topic_name()},
-            consumer.highwater,
-            lambda tp: faust_door.committed_offset(consumer, tp),
+            faust_door.assignment(self), self.task_topic_names(), consumer.highwater, committed
         )
+
+    def task_topic_names(self) -> set[str]:
+        """The topics whose events are tasks: the input topic and the retry topic."""
+        return {self.settings.kafka.input_topic, self.internal_topics[0].get_topic_name()}
 
     def openapi(self) -> dict[str, Any]:
         api = self.settings.api
@@ -237,6 +282,26 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         """Produce one task to the input topic (``POST /tasks``); returns the delivery future."""
         return await self.input_topic.send(key=key, value=value)
 
+    # -- exactly once -------------------------------------------------------------------------
+    def _transactional_committer(self, interval: float) -> TransactionalCommitter:
+        group = self.settings.kafka.consumer_group
+
+        def build(transactional_id: str) -> Any:
+            return producer_factory(faust_door.producer_settings(self))(transactional_id)
+
+        return TransactionalCommitter(
+            group_id=group,
+            topics=self.task_topic_names,
+            producer_factory=build,
+            committed_offset=GroupOffsets(faust_door.producer_settings(self), group),
+            interval=interval,
+        )
+
+    async def _assign_transactions(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """Each assignment: a freshly initialised transactional producer per task partition."""
+        if self.committer is not None:
+            await self.committer.assigned(assigned)
+
     # -- lifecycle ----------------------------------------------------------------------------
     def on_init_dependencies(self) -> Any:
         # Pools start before the agents that use them and, stopping in reverse, close after
@@ -244,6 +309,7 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         return [
             self.pools,
             self.metrics_server,
+            *([self.committer] if self.committer is not None else []),
             *super().on_init_dependencies(),
             self.status_sender,
         ]
@@ -341,6 +407,8 @@ class FtpPoolerApp(BoundedWaitEmpty, faust.App):
         if drained[0]:
             log.warning("tasks_abandoned", count=drained[0], grace_seconds=grace)
         await self.status_sender.flush()  # the finished tasks' queued status changes
+        if self.committer is not None:  # the finished tasks' outcomes and offsets
+            await self.committer.flush(within=TRANSACTION_FLUSH_SECONDS)
         await consumer.commit()
 
 

@@ -155,6 +155,42 @@ class ConsumerLagCollector(Collector):
         yield lag
 
 
+class TransactionCollector(Collector):
+    """exactly_once transaction health, read at scrape time (nothing in at_least_once mode)."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._snapshot()
+        if "commits_total" not in state:
+            return
+        outcomes = CounterMetricFamily(
+            "ftp_pooler_transactions",
+            "Kafka transactions of task outcomes and offsets, by outcome.",
+            labels=["outcome"],
+        )
+        outcomes.add_metric(["committed"], state["commits_total"])
+        outcomes.add_metric(["aborted"], state["aborts_total"])
+        outcomes.add_metric(["fenced"], state["fenced_total"])
+        yield outcomes
+        yield CounterMetricFamily(
+            "ftp_pooler_transaction_tasks_dropped",
+            "Finished tasks dropped uncommitted (fenced or revoked): redone by the next owner.",
+            value=state["dropped_total"],
+        )
+        yield GaugeMetricFamily(
+            "ftp_pooler_transaction_pending_records",
+            "Outcomes waiting for their partition's next transaction.",
+            value=state["pending_records"],
+        )
+        yield GaugeMetricFamily(
+            "ftp_pooler_transaction_fenced_partitions",
+            "Assigned task partitions whose producer was fenced (awaiting a rebalance).",
+            value=state["fenced_partitions"],
+        )
+
+
 class MetricsServer(mode.Service):
     """Serves ``/metrics`` on ``metrics.port`` (0 turns it off)."""
 

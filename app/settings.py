@@ -52,6 +52,10 @@ class KafkaSettings(_Section):
     # How long the group waits for a silent (crashed) worker before giving its partitions away.
     session_timeout_seconds: float = pydantic.Field(30, ge=6)
     heartbeat_interval_seconds: float = pydantic.Field(3, gt=0)
+    # exactly_once: each task's outcome and its input offset commit in one Kafka transaction
+    # (agents/transactions.py); at_least_once: outcome first, offset after (a crash repeats it).
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    transaction_interval_seconds: float = pydantic.Field(0.1, gt=0)
 
 
 class PoolSettings(_Section):

@@ -11,7 +11,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy.conftest import REPO
+from tests.deploy.tools import REPO
 
 RUNTIME = REPO / "requirements.lock"
 BUILD = REPO / "requirements-build.lock"

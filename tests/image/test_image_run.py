@@ -22,8 +22,8 @@ import yaml
 
 from scripts.ftpd import EmbeddedFTPServer
 from tests.deploy import dockerfile
-from tests.deploy.conftest import REPO
 from tests.deploy.container import Container, Image
+from tests.deploy.tools import REPO
 from tests.support.stack import Names, collect, free_port, make_topics, produce, task
 
 IMAGE = os.environ.get("FTP_POOLER_TEST_IMAGE", "")

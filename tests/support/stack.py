@@ -246,9 +246,14 @@ class Received:
 
 
 async def collect(
-    names: Names, count: int, timeout: float = 120, until: Any = None
+    names: Names,
+    count: int,
+    timeout: float = 120,
+    until: Any = None,
+    isolation_level: str = "read_uncommitted",
 ) -> list[Received]:
-    """Read results and failures from the beginning until ``count`` arrived (or ``until`` holds)."""
+    """Read results and failures from the beginning until ``count`` arrived (or ``until`` holds);
+    ``isolation_level="read_committed"`` reads as a downstream exactly-once consumer does."""
     consumer = AIOKafkaConsumer(
         names.results,
         names.failures,
@@ -256,6 +261,7 @@ async def collect(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     received: list[Received] = []
@@ -410,3 +416,41 @@ class Stack:
         finally:
             self.ftp.stop()
         assert not unclean, "\n".join(unclean)
+
+
+async def read_all(names: Names, isolation_level: str = "read_committed") -> list[Received]:
+    """Every result and failure on the topics now (up to their end, or last stable offset when
+    reading committed only), from the beginning."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level=isolation_level,
+    )
+    await consumer.start()
+    received: list[Received] = []
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (names.results, names.failures)
+            for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        async with asyncio.timeout(60):
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        received.append(
+                            Received(record.topic, record.key, json.loads(record.value))
+                        )
+    finally:
+        await consumer.stop()
+    return received
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or {0}

@@ -7,6 +7,7 @@ import inspect
 from pathlib import Path
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.tables.base import Collection
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP
@@ -107,3 +108,63 @@ def test_rocksdb_stores_keep_partition_dbs_in_dbs():
     source = Path(inspect.getfile(Store)).read_text()
     assert "self._dbs" in source and "self._key_index" in source
     assert callable(Store.partition_path)
+
+
+def test_producer_settings_come_from_fausts_producer():
+    """Our transactional producers connect as Faust's own: its default and auth settings."""
+    app = faust.App("door-test-producer", broker="kafka://127.0.0.1:1", store="memory://")
+    settings = faust_door.producer_settings(app)
+    assert settings["bootstrap_servers"] == ["127.0.0.1:1"]
+    assert settings["security_protocol"] == "PLAINTEXT"
+    assert "client_id" in settings and "request_timeout_ms" in settings
+
+
+def test_read_committed_sets_the_isolation_level_of_the_consumer_faust_builds():
+    """Faust's consumer keeps its thread in ``_thread``, whose ``_create_worker_consumer``
+    builds aiokafka's consumer (reading ``_isolation_level`` only when it starts); the door
+    wraps it so the consumer is created reading committed messages only."""
+    from faust.transport.consumer import ThreadDelegateConsumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "self._thread = self._new_consumer_thread()" in inspect.getsource(
+        ThreadDelegateConsumer.__init__
+    )
+    assert "isolation_level=isolation_level" in inspect.getsource(
+        AIOKafkaConsumerThread._create_worker_consumer
+    )
+    assert "isolation_level=self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
+
+    class Client:
+        _isolation_level = "read_uncommitted"
+
+    class Thread:
+        def _create_worker_consumer(self, transport: object) -> Client:
+            return Client()
+
+    class Consumer:
+        _thread = Thread()
+
+    consumer = Consumer()
+    faust_door.read_committed(consumer)
+    assert consumer._thread._create_worker_consumer(None)._isolation_level == "read_committed"
+
+
+def test_the_mixin_wraps_fausts_new_consumer():
+    """App._new_consumer builds the consumer; the mixin's override reaches it."""
+    assert callable(faust.App._new_consumer)
+
+    class Base:
+        def _new_consumer(self) -> object:
+            return "consumer"
+
+    class App(faust_door.ReadCommittedConsumer, Base):
+        consumer_read_committed = True
+
+    seen: list[object] = []
+    original = faust_door.read_committed
+    faust_door.read_committed = seen.append  # type: ignore[assignment]
+    try:
+        assert App()._new_consumer() == "consumer"
+    finally:
+        faust_door.read_committed = original
+    assert seen == ["consumer"]

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FAUST_PRIVATE = re.compile(
     r"_committed_offset|_ensure_producer|_consumer_wait_empty|\._assignment\b|\._consumer\b"
     r"|table\.data\b|\.data\[key\]|_build_offsets|\._recovery\b|_dbs\b|_key_index\b"
+    r"|_settings_default|_settings_auth|_isolation_level|_create_worker_consumer|_new_consumer\b"
+    r"|\._thread\b"
 )
 
 

@@ -197,6 +197,10 @@ def parse_list(line: str, now: datetime) -> Entry | None:
             stamp = datetime(int(when), month, day, tzinfo=UTC)
     except ValueError:
         return None
+    # A year instead of a time means "over six months old" or "in the future" to the server,
+    # and vsftpd compares with a clock read once per listing: a file written during a long
+    # listing shows as "Dec 02  2026", midnight. Its age is then unknown, not hours.
+    known = ":" in when or abs(now - stamp) > timedelta(days=183)
     name = match["name"]
     if mode == "l":
         name = name.split(" -> ", 1)[0]
@@ -205,5 +209,5 @@ def parse_list(line: str, now: datetime) -> Entry | None:
         kind=kind,
         size=int(match["size"]),
         modify=stamp.strftime("%Y%m%d%H%M%S"),
-        mtime=stamp.timestamp(),
+        mtime=stamp.timestamp() if known else None,
     )

@@ -62,6 +62,8 @@ def test_list_lines_give_minutes_this_year_or_days_with_a_year():
     assert ahead is not None and ahead.modify.startswith("20251224")
     dated = parse_list("drwxr-xr-x    2 1000     1000      4096 Jan 05  2024 sub", NOW)
     assert dated is not None and (dated.kind, dated.modify) == ("dir", "20240105000000")
+    written_during_the_listing = parse_list("-rw-r--r-- 1 0 0 9 Dec 02  2026 new.dat", NOW)
+    assert written_during_the_listing is not None and written_during_the_listing.mtime is None
     link = parse_list("lrwxrwxrwx 1 0 0 3 Dec 01 09:00 l -> a", NOW)
     assert link is not None and (link.kind, link.name) == ("other", "l")
     assert parse_list("total 12", NOW) is None

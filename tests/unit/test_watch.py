@@ -197,3 +197,28 @@ async def test_an_old_enough_file_needs_no_second_scan_and_a_failed_send_records
     )
     assert [key.decode() for key, _ in sent] == [table["partner-out|/outgoing/old"]["task_id"]]
     assert "partner-out|/outgoing/new" not in table  # too young, nothing to remember
+
+
+def test_the_readme_watch_example_loads_and_gives_the_task_shown():
+    """README's watch example is valid configuration and renders the task it shows."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("### Directory watch") :]
+    config = section[
+        section.index("```yaml\n") + 8 : section.index("```", section.index("```yaml\n") + 8)
+    ]
+    shown = section[
+        section.index("```json\n") + 8 : section.index("```", section.index("```json\n") + 8)
+    ]
+    configured = Settings(**yaml.safe_load(config)).watches[0]
+    listed = ListedFile(
+        "/outgoing/eu/sales.csv",
+        2041,
+        "20261202101500",
+        datetime(2026, 12, 2, 10, 15, tzinfo=UTC).timestamp(),
+    )
+    assert task_for(configured, listed) == json.loads(shown)

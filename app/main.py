@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import socket
 import sys
 import time
@@ -29,6 +30,8 @@ from agents.transactions import GroupOffsets, TransactionalCommitter, producer_f
 from agents.transfer.completion import Completer
 from agents.transfer.runner import TransferRunner
 from agents.transfer.temp_journal import WorkerJournal
+from agents.watch import DirectoryWatches
+from agents.watch import declare as declare_watch
 from app.logs import config_summary, configure_logging
 from app.metrics import (
     ConsumerLagCollector,
@@ -39,12 +42,13 @@ from app.metrics import (
     consumer_lag,
 )
 from app.openapi import openapi_document
-from app.settings import ApiSettings, Settings, TransferSettings, load_settings
+from app.settings import CONFIG_ENV, ApiSettings, Settings, TransferSettings, load_settings
 from app.state_dir import group_state_dir, journal_path
 from app.task_api import TaskSubmitter, register_task_views
 from app.web import register_views
 from models.connections import FtpConnection, Registry, load_registry
 from models.errors import ConfigError
+from models.watch import check_connections as check_watch_connections
 from pools.manager import SessionPoolManager
 from pools.session import FTPSession
 
@@ -122,7 +126,7 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         )
         status_topic, status_table = declare_status(self)
         report_topic, session_table = session_reports.declare(self)
-        self.internal_topics = (retry_topic, status_topic, report_topic)
+        self.internal_topics: tuple[Any, ...] = (retry_topic, status_topic, report_topic)
 
         self.statuses = StatusTable(
             status_topic,
@@ -182,6 +186,24 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         self.agent(status_topic, name="task_status", concurrency=1)(self.statuses.record)
         self.agent(report_topic, name="session_reports", concurrency=1)(self.fleet.record)
 
+        # Directory watches (agents/watch.py), only when configured: a one-partition topic
+        # whose owner lists, and the agent on it that writes the seen-files table.
+        self.watches: DirectoryWatches | None = None
+        if settings.watches:
+            watch_topic, self.watch_table = declare_watch(self)
+            self.internal_topics += (watch_topic,)
+            self.watches = DirectoryWatches(
+                watch_topic,
+                self.watch_table,
+                settings.watches,
+                session=self.pools.session,
+                send_task=self.send_task,
+                owner=self.owns_watch_partition,
+                ready=self.is_ready,
+                worker_id=worker.id,
+            )
+            self.agent(watch_topic, name="directory_watch", concurrency=1)(self.watches.record)
+
         # Metrics: ours, then Faust's own sensors (messages, events, commits, rebalances, web
         # requests) into the same registry, served on metrics.port and at /metrics on the API.
         self.metrics_registry.register(StateCollector(self.pools, self.in_flight.count_running))
@@ -227,6 +249,7 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
                 "send_failures_total": self.status_sender.send_failures_total,
             },
             "transactions": self.transactions(),
+            "watches": self.watches.snapshot() if self.watches else [],
         }
 
     def transactions(self) -> dict[str, Any]:
@@ -241,6 +264,11 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         changelog = self.statuses.table.changelog_topic.get_topic_name()
         actives = self.assignor.assigned_actives()
         return sorted(tp.partition for tp in actives if tp.topic == changelog)
+
+    def owns_watch_partition(self) -> bool:
+        """Whether this worker owns the watch table's one partition (and so lists)."""
+        changelog = self.watch_table.changelog_topic.get_topic_name()
+        return any(tp.topic == changelog for tp in self.assignor.assigned_actives())
 
     def consumer_lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition of the task topics: highwater minus the committed offset.
@@ -329,6 +357,8 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         # After table recovery, like Faust's timers: the purge and the reports use the tables.
         for service in (self.statuses, self.fleet):
             await self.add_runtime_dependency(service)
+        if self.watches is not None:
+            await self.add_runtime_dependency(self.watches)
         log.info(
             "worker_started",
             worker=self.worker_id,
@@ -552,6 +582,7 @@ def app_from_environment() -> FtpPoolerApp:
         settings = load_settings()
         configure_logging(settings.logging)
         registry = load_registry(settings.connections_file)
+        check_watch_connections(settings.watches, registry, os.environ.get(CONFIG_ENV, "watches"))
     except ConfigError as exc:
         print(f"ftp-pooler: configuration error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

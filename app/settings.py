@@ -17,6 +17,7 @@ from pydantic_settings import (
 )
 
 from models.errors import ConfigError
+from models.watch import WatchSettings, check_unique
 
 CONFIG_ENV = "FTP_POOLER_CONFIG"
 CONNECTIONS_ENV = "FTP_POOLER_CONNECTIONS"
@@ -156,6 +157,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     worker: WorkerSettings = pydantic.Field(default_factory=WorkerSettings)
+    # Directory watches (agents/watch.py): remote directories turned into tasks.
+    watches: Annotated[list[WatchSettings], pydantic.AfterValidator(check_unique)] = []
     connections_file: Path = Path("connections.ini")
 
     @classmethod

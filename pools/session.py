@@ -414,6 +414,44 @@ class FTPSession(SessionLifecycle):
             self._client.close()
             raise
 
+    # -- directory listings (used by pools/listing.py) -----------------------------------------
+    async def features(self) -> list[str]:
+        """The server's FEAT lines, stripped (empty when it has no FEAT)."""
+
+        async def body() -> list[str]:
+            try:
+                return [line.strip() for line in await self.control.command("FEAT", "211")]
+            except aioftp.StatusCodeError:
+                return []
+
+        return await self._run("command", body())
+
+    async def receive_listing(
+        self, command: str, path: str, on_block: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """``MLSD``/``LIST`` ``path``, passing each block of the listing to ``on_block`` as it
+        arrives, as :meth:`retrieve` does (each phase bounded; the bytes by the stall timeout)."""
+        line = f"{command} {path}"
+        if self._tls is None:
+
+            async def receive(sock: socket.socket, watch: wire.StallWatch) -> None:
+                await wire.receive(sock, self.block_size, on_block, watch)
+
+            transfer = self._plain_transfer(line, path, receive)
+            await self._run("source", transfer, path, bounded=False)
+            return
+
+        async def body() -> None:
+            async with self._client.data_stream(line, self._command_timeout) as stream:
+                while True:
+                    async with self._stall_guard(path):
+                        block = await stream.read(self.block_size)
+                    if not block:
+                        return
+                    await on_block(block)
+
+        await self._run("source", body(), path, bounded=False)
+
 
 def _size_of(command: str, info: list[str]) -> int | None:
     """The size in a 213 (SIZE) or 250 (MLST: the ``size=`` fact) reply, None if absent."""

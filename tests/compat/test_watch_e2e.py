@@ -117,7 +117,8 @@ def per_source(tasks: list[dict[str, Any]]) -> Counter[str]:
 def watch_status(worker: Worker) -> dict[str, Any]:
     status, body = worker.get("/status")
     assert status == 200, body
-    return body["watches"][0]
+    watch: dict[str, Any] = body["watches"][0]
+    return watch
 
 
 async def results_for(run: WatchRun, count: int, timeout: float = 90) -> dict[str, dict]:
@@ -277,7 +278,7 @@ async def test_watch_scans_100000_entries_in_bounded_memory(farm, tmp_path):
         await asyncio.to_thread(create)
         created_in = time.monotonic() - started
         last = watch_status(worker)["last_scan_at"]
-        full = []
+        full: list[Any] = []
         deadline = time.monotonic() + 120
         while len(full) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)

@@ -43,8 +43,9 @@ def test_mlsd_lines_give_type_size_and_utc_modify_time():
         "20261202101500",
     )
     assert entry.mtime == datetime(2026, 12, 2, 10, 15, tzinfo=UTC).timestamp()
-    assert parse_mlsd("type=dir;modify=20261202101500; sub").kind == "dir"
-    assert parse_mlsd("type=cdir; /outgoing").name == "."
+    sub, here = parse_mlsd("type=dir;modify=20261202101500; sub"), parse_mlsd("type=cdir; /x")
+    assert sub is not None and sub.kind == "dir"
+    assert here is not None and here.name == "."
     assert parse_mlsd("not a listing line") is None
 
 
@@ -164,7 +165,8 @@ def watches(table: Table, sent: list[tuple[bytes, bytes]], **overrides: Any) -> 
 async def test_a_file_becomes_one_task_once_stable_and_never_again():
     """First sight records it; a changed size starts again; the same facts in a later scan
     produce the task; later scans and redelivered batches produce nothing more."""
-    table, sent = Table(), []
+    table = Table()
+    sent: list[Any] = []
     agent = watches(table, sent)
     name = "partner-out"
     await agent._decide(agent.watches[name], 100.0, [["/outgoing/a", 1, "20261202000000", 1.0]])
@@ -180,7 +182,8 @@ async def test_a_file_becomes_one_task_once_stable_and_never_again():
 async def test_an_old_enough_file_needs_no_second_scan_and_a_failed_send_records_nothing():
     """min_age: a file older than the limit is produced at first sight; when Kafka refuses the
     task, the file stays unrecorded, so the next scan tries again."""
-    table, sent = Table(), []
+    table = Table()
+    sent: list[Any] = []
     agent = watches(table, sent, stable_check=False, min_age_seconds=60)
     w = agent.watches["partner-out"]
 

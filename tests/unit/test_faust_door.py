@@ -107,3 +107,15 @@ def test_rocksdb_stores_keep_partition_dbs_in_dbs():
     source = Path(inspect.getfile(Store)).read_text()
     assert "self._dbs" in source and "self._key_index" in source
     assert callable(Store.partition_path)
+
+
+def test_the_datadir_flag_default_is_fausts_private_constant():
+    """``--datadir`` defaults to faust.types._env.DATADIR; only another value counts as given."""
+    import faust.cli.base
+    from faust.types import _env
+
+    source = Path(inspect.getfile(faust.cli.base)).read_text()
+    assert '"--datadir",\n        "-D",\n        default=DATADIR,' in source
+    assert not faust_door.datadir_flag_given(None)
+    assert not faust_door.datadir_flag_given(_env.DATADIR)
+    assert faust_door.datadir_flag_given("/somewhere/else")

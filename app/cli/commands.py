@@ -23,6 +23,7 @@ from faust.cli.worker import worker as faust_worker
 from rich.console import Console
 from rich.table import Table
 
+from app import kafka_client
 from app.cli import probe as probing
 from app.cli import submit as submitting
 
@@ -194,7 +195,13 @@ async def run_submit(
         entries = submitting.single_task(flags)
     tasks = submitting.load_tasks(entries)
     kafka = app.settings.kafka
+    try:
+        await kafka_client.check_login(kafka)  # wrong credentials or CA: one clear line
+    except kafka_client.KafkaSetupError as exc:
+        print(f"ftp-pooler submit: {exc}", file=sys.stderr, flush=True)
+        return 1
     return await submitting.submit(
+        client=kafka_client.client_options(kafka),
         bootstrap=kafka.bootstrap_servers,
         input_topic=kafka.input_topic,
         outcome_topics=[kafka.result_topic, kafka.fail_topic],

@@ -14,7 +14,7 @@ KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/tes
 export KAFKA_PORT ?= 19092
 
 .PHONY: setup lock demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
-	kustomize-setup compat-setup test-compat test-kafka-matrix image test-image
+	kustomize-setup compat-setup test-compat test-kafka-matrix test-cluster image test-image
 
 setup: $(VENV)/.installed
 
@@ -129,13 +129,33 @@ test-kafka-matrix: setup compat-setup
 	if [ -n "$$failed" ]; then echo "test-kafka-matrix: failed against Kafka$$failed"; exit 1; fi; \
 	echo "test-kafka-matrix: passed against Kafka $(KAFKA_MATRIX_VERSIONS)"
 
+# The secured broker of the suite (tests/integration/test_secure_kafka.py, the client checks of
+# test_kafka_setups.py): SASL_SSL on +2, mTLS on +3, PLAINTEXT on the port; no topic auto-creation.
+TEST_SECURE_KAFKA_PORT ?= 19196
+TEST_SECURE_KAFKA := KAFKA_SECURE=1 KAFKA_AUTO_CREATE_TOPICS=false KAFKA_PORT=$(TEST_SECURE_KAFKA_PORT) \
+	KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-secure-$(TEST_SECURE_KAFKA_PORT)
+
 test: setup kafka-fetch lint checkov-setup kustomize-setup compat-setup
 	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh down
-	rm -rf $(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT)
+	$(TEST_SECURE_KAFKA) scripts/local-kafka.sh down
+	rm -rf $(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) $(CURDIR)/.local/kafka-test-secure-$(TEST_SECURE_KAFKA_PORT)
 	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh up
-	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(TEST_KAFKA_PORT) $(BIN)/pytest; status=$$?; \
+	$(TEST_SECURE_KAFKA) scripts/local-kafka.sh up || { KAFKA_PORT=$(TEST_KAFKA_PORT) \
+	  KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh down; exit 1; }
+	FTP_POOLER_TEST_KAFKA=127.0.0.1:$(TEST_KAFKA_PORT) \
+	  FTP_POOLER_TEST_SECURE_KAFKA_STATE=$(CURDIR)/.local/kafka-test-secure-$(TEST_SECURE_KAFKA_PORT) \
+	  $(BIN)/pytest; status=$$?; \
 	KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-test-$(TEST_KAFKA_PORT) scripts/local-kafka.sh down; \
+	$(TEST_SECURE_KAFKA) scripts/local-kafka.sh down; \
 	exit $$status
+
+# The 3-broker cluster tests (tests/cluster, not collected by `make test`): RF 3, min ISR 2, a
+# broker SIGKILLed mid-run, then two down. Starts and stops its own clusters (combined layout on
+# TEST_CLUSTER_PORT..+5, split layout on +20..+26); about 6 minutes.
+TEST_CLUSTER_PORT ?= 19740
+test-cluster: setup kafka-fetch compat-setup
+	FTP_POOLER_TEST_CLUSTER_PORT=$(TEST_CLUSTER_PORT) \
+	  $(BIN)/pytest -p no:cacheprovider -s $(or $(PYTEST_CLUSTER_ARGS),tests/cluster)
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache
@@ -182,9 +202,10 @@ kafka-cluster-up:
 kafka-cluster-down:
 	$(CLUSTER_KAFKA) scripts/local-kafka.sh cluster-down
 
-# About three minutes: starts (and stops) its own brokers on ports 19710-19766.
+# The local-kafka.sh helpers alone: its secured broker's client checks (also in `make test`) and
+# its clusters' failure behaviour (tests/cluster/test_kafka_cluster.py, also in `make test-cluster`).
 test-kafka-setups: setup kafka-fetch
-	FTP_POOLER_KAFKA_SETUPS=1 $(BIN)/pytest -p no:cacheprovider tests/integration/test_kafka_setups.py
+	$(MAKE) test-cluster PYTEST_CLUSTER_ARGS=tests/cluster/test_kafka_cluster.py
 
 # The worker image (README, Deploy), not part of `make test`. `image` builds it with docker, podman
 # or buildah, whichever works here (installing buildah from Debian when there is none); add

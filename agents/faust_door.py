@@ -18,6 +18,7 @@ import structlog
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
+from faust.types._env import DATADIR as _DEFAULT_DATADIR
 
 log = structlog.get_logger("ftp_pooler.tables")
 
@@ -33,6 +34,12 @@ def committed_offset(consumer: Any, tp: TP) -> int | None:
     """
     offsets: dict[TP, int] = getattr(consumer, "_committed_offset", {})
     return offsets.get(tp)
+
+
+def datadir_flag_given(datadir: str | None) -> bool:
+    """Whether ``faust worker --datadir`` (or F_DATADIR) was given: the option's default is
+    Faust's private ``DATADIR`` constant, not None."""
+    return bool(datadir) and datadir != _DEFAULT_DATADIR
 
 
 def assignment(app: faust.App) -> frozenset[TP]:

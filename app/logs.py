@@ -56,8 +56,12 @@ def configure_logging(settings: LoggingSettings) -> None:
 
 def config_summary(settings: Settings, registry: Registry) -> dict[str, Any]:
     """What a worker runs with, for its ``worker_started`` event: every setting but no secret
-    (the API token shows only whether it is set; passwords are not in the settings at all)."""
+    (the API token and the Kafka password show only whether they are set; FTP passwords are not
+    in the settings at all)."""
     summary: dict[str, Any] = settings.model_dump(mode="json")
     summary["api"]["token"] = "set" if settings.api.token is not None else None
+    kafka = settings.kafka
+    has_password = kafka.sasl_password is not None or kafka.sasl_password_file is not None
+    summary["kafka"]["sasl_password"] = "set" if has_password else None
     summary["connections"] = {conn_id: registry[conn_id].public() for conn_id in sorted(registry)}
     return summary

@@ -7,6 +7,7 @@ import gc
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,8 @@ from agents.transfer.runner import TransferRunner
 from agents.transfer.temp_journal import WorkerJournal
 from agents.watch import DirectoryWatches
 from agents.watch import declare as declare_watch
+from app import kafka_client
+from app.kafka_health import KafkaFailuresCollector, KafkaHealth, TopicGate
 from app.logs import config_summary, configure_logging
 from app.metrics import (
     ConsumerLagCollector,
@@ -58,6 +61,11 @@ VERSION = "0.1.0"
 # On shutdown or rebalance, how long the finished tasks' last transactions may take; what is not
 # committed by then is dropped uncommitted (and redone by the partition's next owner).
 TRANSACTION_FLUSH_SECONDS = 10.0
+# After SIGTERM and the grace period, the last commit, flushes and session QUITs get this long;
+# then the process exits anyway (a broker that does not answer must not hold it past the pod's
+# terminationGracePeriodSeconds).
+STOP_MARGIN_SECONDS = 8.0
+KAFKA_STOP_STEP_SECONDS = 5.0
 
 
 class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
@@ -91,6 +99,11 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         self.exactly_once = kafka.processing_guarantee == "exactly_once"
         self.consumer_read_committed = self.exactly_once
 
+        self.kafka_health = KafkaHealth(kafka.unhealthy_after_seconds)
+        self.sensors.add(self.kafka_health)
+        self.topic_gate = TopicGate(
+            kafka, [kafka.input_topic, kafka.result_topic, kafka.fail_topic]
+        )
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics = TransferMetrics(self.metrics_registry)
         self.session_factories: dict[str, Callable[[], FTPSession]] = {
@@ -209,6 +222,7 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         self.metrics_registry.register(StateCollector(self.pools, self.in_flight.count_running))
         self.metrics_registry.register(ConsumerLagCollector(self.consumer_lag))
         self.metrics_registry.register(TransactionCollector(self.transactions))
+        self.metrics_registry.register(KafkaFailuresCollector(self.kafka_health))
         setup_prometheus_sensors(
             self, registry=self.metrics_registry, name_prefix="ftp_pooler_faust"
         )
@@ -225,7 +239,12 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         return self.settings.worker.id
 
     def is_ready(self) -> bool:
-        return self._joined and not self._stopping and not self.should_stop
+        return (
+            self._joined
+            and not self._stopping
+            and not self.should_stop
+            and self.kafka_health.healthy()
+        )
 
     def status(self) -> dict[str, Any]:
         assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in faust_door.assignment(self))
@@ -237,6 +256,11 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
             "worker": self.worker_id,
             "version": VERSION,
             "ready": self.is_ready(),
+            "kafka": {
+                **kafka_client.public_security(self.settings.kafka),
+                **self.kafka_health.snapshot(),
+                "waiting_for_topics": self.topic_gate.missing,
+            },
             "assigned_partitions": assignment,
             "in_flight": self.in_flight.running,
             "max_in_flight": self.in_flight.limit,
@@ -334,11 +358,17 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
     def on_init_dependencies(self) -> Any:
         # Pools start before the agents that use them and, stopping in reverse, close after
         # them; the status sender stops before the producer, so its last flush still goes out.
+        faust_services = list(super().on_init_dependencies())
+        # The topic gate starts just before the consumer: the web server already answers
+        # (/ready 503) while it waits for the input, result and failure topics.
+        at = next((i for i, s in enumerate(faust_services) if s is self.consumer), 0)
+        faust_services.insert(at, self.topic_gate)
+        committer = [self.committer] if self.committer is not None else []
         return [
             self.pools,
             self.metrics_server,
-            *([self.committer] if self.committer is not None else []),
-            *super().on_init_dependencies(),
+            *committer,
+            *faust_services,
             self.status_sender,
         ]
 
@@ -392,6 +422,11 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         rebalance: its agent never runs, or, for a changelog, recovery never ends.
         """
         topics = [*self.internal_topics, *(t.changelog_topic for t in self.tables.values())]
+        # Created by us first, replicated as configured (the start-up checks did it already;
+        # this covers an app started without them); Faust then finds them in place.
+        await kafka_client.create_topics(
+            self.settings.kafka, kafka_client.internal_topics(self.settings.kafka)
+        )
         # Starts the producer (as Faust would a moment later; a failure stops the worker the
         # same way) and creates what is missing.
         for topic in topics:
@@ -407,8 +442,27 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
 
     async def on_stop(self) -> None:
         self._stopping = True  # /ready turns 503 before anything else stops
+        self._arm_stop_watchdog()
         log.info("worker_stopping", worker=self.worker_id, in_flight=self.in_flight.running)
         await super().on_stop()
+
+    def _arm_stop_watchdog(self) -> None:
+        """Exit after the grace period plus a margin whatever still waits (a commit or flush to
+        a broker that does not answer); a thread, so a blocked event loop cannot hold it."""
+        limit = self.settings.worker.shutdown_grace_seconds + STOP_MARGIN_SECONDS
+
+        def expire() -> None:
+            print(
+                f"ftp-pooler: stop took longer than {limit:.0f} s (Kafka not answering?); "
+                "exiting: unfinished tasks are redelivered",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(1)
+
+        timer = threading.Timer(limit, expire)
+        timer.daemon = True
+        timer.start()
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
@@ -436,17 +490,31 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
                 self.handler.releasing.clear()  # a rebalance, not a shutdown: carry on
         if drained[0]:
             log.warning("tasks_abandoned", count=drained[0], grace_seconds=grace)
-        await self.status_sender.flush()  # the finished tasks' queued status changes
-        if self.committer is not None:  # the finished tasks' outcomes and offsets
-            await self.committer.flush(within=TRANSACTION_FLUSH_SECONDS)
-        await consumer.commit()
+        try:
+            # Bounded: a broker that does not answer must not hold a shutdown or rebalance.
+            async with asyncio.timeout(KAFKA_STOP_STEP_SECONDS):
+                await self.status_sender.flush()  # the finished tasks' queued status changes
+            if self.committer is not None:  # the finished tasks' outcomes and offsets
+                await self.committer.flush(within=TRANSACTION_FLUSH_SECONDS)
+            async with asyncio.timeout(KAFKA_STOP_STEP_SECONDS):
+                await consumer.commit()
+        except TimeoutError:
+            log.warning("commit_timed_out", seconds=KAFKA_STOP_STEP_SECONDS)
 
 
 def faust_options(settings: Settings, web_host: str) -> dict[str, Any]:
     """Faust's settings, all from ours."""
     kafka, api = settings.kafka, settings.api
     return {
+        # One source of truth: Faust reads unprefixed variables (BROKER_URL, WEB_PORT,
+        # TOPIC_REPLICATION_FACTOR, ...) from this mapping, over the values given here.
+        "env": {},
         "broker": [f"kafka://{server}" for server in kafka.bootstrap_servers],
+        "broker_credentials": kafka_client.faust_credentials(kafka),
+        # Every internal topic is created by us first (kafka_client.internal_topics, checked
+        # against what the app declares in tests/unit/test_kafka_settings.py); Faust finds them
+        # in place. Its own setting cannot say "the broker's default".
+        "topic_replication_factor": kafka.replication_factor or 1,
         "store": "rocksdb://",
         "autodiscover": False,
         "datadir": str(group_state_dir(settings)),  # state per consumer group

@@ -10,7 +10,14 @@ from __future__ import annotations
 import socket
 from contextlib import closing
 
-from app import state_dir
+from aiokafka.errors import (
+    InvalidConfigurationError,
+    InvalidReplicationFactorError,
+    KafkaError,
+    PolicyViolationError,
+)
+
+from app import kafka_client, state_dir
 from app.settings import Settings
 
 BROKER_CONNECT_SECONDS = 5.0
@@ -67,3 +74,28 @@ def _addresses(host: str, port: int, *, passive: bool) -> list[tuple]:  # type: 
         return socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=flags)
     except socket.gaierror as exc:
         raise StartupError(f"api.host {host!r} cannot be resolved: {exc.strerror}") from None
+
+
+async def check_kafka(settings: Settings) -> list[str]:
+    """Log in to Kafka as configured (credentials, certificates) and create the internal topics
+    that are missing, with the configured replication; returns the names created."""
+    kafka = settings.kafka
+    try:
+        await kafka_client.check_login(kafka)
+        created = await kafka_client.create_topics(kafka, kafka_client.internal_topics(kafka))
+    except kafka_client.KafkaSetupError as exc:
+        raise StartupError(str(exc)) from None
+    except (
+        InvalidReplicationFactorError,
+        InvalidConfigurationError,
+        PolicyViolationError,
+    ) as exc:
+        raise StartupError(
+            f"kafka.replication_factor {kafka.replication_factor or 'broker default'} / "
+            f"kafka.min_insync_replicas {kafka.min_insync_replicas or 'broker default'} "
+            f"refused by the cluster: {exc}"
+        ) from None
+    except (KafkaError, OSError, TimeoutError) as exc:
+        detail = kafka_client.describe(exc, kafka)
+        raise StartupError(f"cannot create the internal topics: {detail}") from None
+    return [spec.name for spec in created]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +36,15 @@ def _split_commas(value: Any) -> Any:
 
 
 _NonEmpty = Annotated[str, pydantic.StringConstraints(strip_whitespace=True, min_length=1)]
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class _KeyError(ValueError):
+    """A cross-field problem of one key (load_settings names that key)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class KafkaSettings(_Section):
@@ -57,6 +67,97 @@ class KafkaSettings(_Section):
     # (agents/transactions.py); at_least_once: outcome first, offset after (a crash repeats it).
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     transaction_interval_seconds: float = pydantic.Field(0.1, gt=0)
+    # Replication of every topic the project creates (the six internal ones, and the three public
+    # ones in scripts/topics.py). None: the broker's default.replication.factor /
+    # min.insync.replicas, which is what managed clusters (MSK, Confluent Cloud, Strimzi) set.
+    replication_factor: int | None = pydantic.Field(None, ge=1)
+    min_insync_replicas: int | None = pydantic.Field(None, ge=1)
+    # Results not produced or offsets not committed for this long: /ready 503, /status says why.
+    unhealthy_after_seconds: float = pydantic.Field(30, gt=0)
+    # Security (README "Secured Kafka"). The SASL password comes from a file or the environment
+    # (FTP_POOLER_KAFKA__SASL_PASSWORD), never from the YAML file.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: pydantic.SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @pydantic.field_validator("input_topic", "result_topic", "fail_topic", "consumer_group")
+    @classmethod
+    def _legal_topic_name(cls, value: str) -> str:
+        # Kafka's own rule; the consumer group prefixes the internal topics' names.
+        if value in (".", "..") or len(value) > 200 or not _TOPIC_CHARS.fullmatch(value):
+            raise ValueError(
+                "not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 200)"
+            )
+        return value
+
+    @pydantic.field_validator(
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password",
+        "sasl_password_file",
+        "ssl_ca_file",
+        "ssl_cert_file",
+        "ssl_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @pydantic.model_validator(mode="after")
+    def _consistent_security(self) -> KafkaSettings:
+        protocol = self.security_protocol
+        sasl = protocol.startswith("SASL_")
+        tls = protocol in ("SSL", "SASL_SSL")
+        if not sasl:
+            for key in ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file"):
+                if getattr(self, key) is not None:
+                    raise _KeyError(key, f"set, but security_protocol is {protocol} (no SASL)")
+        else:
+            if self.sasl_mechanism is None:
+                raise _KeyError("sasl_mechanism", f"required with security_protocol {protocol}")
+            if not self.sasl_username:
+                raise _KeyError("sasl_username", f"required with security_protocol {protocol}")
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise _KeyError(
+                    "sasl_password_file",
+                    f"required with security_protocol {protocol} (or the environment "
+                    f"variable {ENV_PREFIX}KAFKA__SASL_PASSWORD)",
+                )
+            if self.sasl_password is not None and self.sasl_password_file is not None:
+                raise _KeyError("sasl_password_file", "give the password one way, not both")
+        if not tls:
+            for key in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+                if getattr(self, key) is not None:
+                    raise _KeyError(key, f"set, but security_protocol is {protocol} (no TLS)")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            missing = "ssl_key_file" if self.ssl_key_file is None else "ssl_cert_file"
+            raise _KeyError(missing, "ssl_cert_file and ssl_key_file go together (mutual TLS)")
+        for key in ("sasl_password_file", "ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+            path = getattr(self, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise _KeyError(key, f"cannot read {path}")
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf and isr and isr > rf:
+            raise _KeyError(
+                "min_insync_replicas",
+                f"{isr} is more than replication_factor {rf}: no write could ever succeed",
+            )
+        return self
+
+    def sasl_secret(self) -> str | None:
+        """The SASL password (from its file or the environment), or None without SASL."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text(encoding="utf-8").strip()
+        return None
 
 
 class PoolSettings(_Section):
@@ -186,6 +287,14 @@ def load_settings() -> Settings:
     if unknown:
         sections = ", ".join(n for n in Settings.model_fields if n != "connections_file")
         raise ConfigError(source, f"unknown section (known: {sections})", key=unknown[0])
+    kafka = data.get("kafka")
+    if isinstance(kafka, dict) and "sasl_password" in kafka:
+        raise ConfigError(
+            source,
+            "a password does not belong in the config file: use kafka.sasl_password_file or "
+            f"the environment variable {ENV_PREFIX}KAFKA__SASL_PASSWORD",
+            key="kafka.sasl_password",
+        )
     connections = os.environ.get(CONNECTIONS_ENV)
     if connections:
         data["connections_file"] = connections
@@ -194,8 +303,14 @@ def load_settings() -> Settings:
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         key = ".".join(str(part) for part in first["loc"])
+        message = first["msg"]
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, _KeyError):  # a cross-field check: name the key it is about
+            key, message = f"{key}.{cause.key}", str(cause)
+        elif isinstance(cause, ValueError):
+            message = str(cause)
         hint = f" (or {ENV_PREFIX}{key.upper().replace('.', '__')})"
-        raise ConfigError(source, first["msg"] + hint, key=key) from None
+        raise ConfigError(source, message + hint, key=key) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

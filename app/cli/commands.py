@@ -23,6 +23,7 @@ from faust.cli.worker import worker as faust_worker
 from rich.console import Console
 from rich.table import Table
 
+from app import kafka_client
 from app.cli import probe as probing
 from app.cli import submit as submitting
 
@@ -61,10 +62,12 @@ class worker(faust_worker):
     def as_service(self, loop: Any, *args: Any, **kwargs: Any) -> Any:
         # Before Faust starts anything: every start-up failure we can foresee is one line and
         # exit 2, not a traceback (see app/preflight.py).
-        from app.preflight import StartupError, check_worker
+        from app.preflight import StartupError, check_kafka, check_worker
 
         try:
+            refuse_overrides(kwargs, self.datadir)
             check_worker(self.app.settings)  # type: ignore[attr-defined]
+            loop.run_until_complete(check_kafka(self.app.settings))  # type: ignore[attr-defined]
         except StartupError as exc:
             print(f"ftp-pooler: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -83,6 +86,31 @@ class worker(faust_worker):
             )
             raise SystemExit(2)
         super()._init_worker_options(*args, web_port=web_port, **kwargs)
+
+
+# Faust's worker flags that would override a setting of ours, and the setting to use instead.
+OVERRIDING_FLAGS = {
+    "web_port": ("--web-port", "api.port"),
+    "web_bind": ("--web-bind", "api.host"),
+    "web_host": ("--web-host", "api.advertised_host"),
+    "web_transport": ("--web-transport", "api.host / api.port"),
+}
+
+
+def refuse_overrides(options: dict[str, Any], datadir: str | None) -> None:
+    """One source of truth: a Faust flag that would change what FTP_POOLER_* configured stops
+    the worker with one line, instead of silently winning."""
+    from app.preflight import StartupError
+
+    for name, (flag, setting) in OVERRIDING_FLAGS.items():
+        if options.get(name) not in (None, ""):
+            raise StartupError(f"{flag} is not used: set {setting} (FTP_POOLER_*) instead")
+    if options.get("with_web") is False:
+        raise StartupError("--without-web is not used: the API is part of the worker")
+    from agents.faust_door import datadir_flag_given
+
+    if datadir_flag_given(datadir):
+        raise StartupError("--datadir is not used: set worker.data_dir (FTP_POOLER_*) instead")
 
 
 def console() -> Console:
@@ -181,7 +209,13 @@ async def run_submit(
         entries = submitting.single_task(flags)
     tasks = submitting.load_tasks(entries)
     kafka = app.settings.kafka
+    try:
+        await kafka_client.check_login(kafka)  # wrong credentials or CA: one clear line
+    except kafka_client.KafkaSetupError as exc:
+        print(f"ftp-pooler submit: {exc}", file=sys.stderr, flush=True)
+        return 1
     return await submitting.submit(
+        client=kafka_client.client_options(kafka),
         bootstrap=kafka.bootstrap_servers,
         input_topic=kafka.input_topic,
         outcome_topics=[kafka.result_topic, kafka.fail_topic],

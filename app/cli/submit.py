@@ -155,8 +155,12 @@ class Outcomes:
         return f"{files:.1f} files/s, {human_bytes(self.bytes / self.elapsed)}/s"
 
 
-async def produce(bootstrap: list[str], topic: str, tasks: list[Submitted]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+async def produce(
+    bootstrap: list[str], topic: str, tasks: list[Submitted], client: dict[str, Any] | None = None
+) -> None:
+    producer = AIOKafkaProducer(
+        **(client or {"bootstrap_servers": bootstrap}), acks="all", linger_ms=10
+    )
     await producer.start()
     try:
         futures = [
@@ -167,12 +171,14 @@ async def produce(bootstrap: list[str], topic: str, tasks: list[Submitted]) -> N
         await producer.stop()
 
 
-async def outcome_consumer(bootstrap: list[str], topics: list[str]) -> AIOKafkaConsumer:
+async def outcome_consumer(
+    bootstrap: list[str], topics: list[str], client: dict[str, Any] | None = None
+) -> AIOKafkaConsumer:
     """A group-less consumer of every partition of ``topics``, positioned at their current end
     (resolved before returning, so nothing produced afterwards can be missed)."""
     consumer = AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=bootstrap,
+        **(client or {"bootstrap_servers": bootstrap}),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="latest",
@@ -300,16 +306,18 @@ async def submit(
     console: Console,
     wait: bool,
     wait_limit: float | None,
+    client: dict[str, Any] | None = None,
 ) -> int:
-    """Produce ``tasks``; unless ``wait`` is false, follow them. Returns the exit code."""
+    """Produce ``tasks``; unless ``wait`` is false, follow them. Returns the exit code.
+    ``client``: aiokafka options (security included) used instead of ``bootstrap`` alone."""
     if not wait:
-        await produce(bootstrap, input_topic, tasks)
+        await produce(bootstrap, input_topic, tasks, client)
         console.print(f"produced {len(tasks)} task(s) to {input_topic}")
         return 0
-    consumer = await outcome_consumer(bootstrap, outcome_topics)
+    consumer = await outcome_consumer(bootstrap, outcome_topics, client)
     outcomes = Outcomes({t.task_id for t in tasks})
     try:
-        await produce(bootstrap, input_topic, tasks)
+        await produce(bootstrap, input_topic, tasks, client)
         console.print(f"produced {len(tasks)} task(s) to {input_topic}; waiting for outcomes")
         await follow(consumer, outcomes, console, wait_limit)
     finally:

@@ -219,10 +219,15 @@ def task(task_id: str, src_id: str, src_path: str, dst_id: str, dst_path: str) -
 
 
 async def produce(
-    topic: str, values: Sequence[bytes | Mapping[str, Any]], *, partition: int | None = None
+    topic: str,
+    values: Sequence[bytes | Mapping[str, Any]],
+    *,
+    partition: int | None = None,
+    client: dict[str, Any] | None = None,
 ) -> None:
-    """Produce raw values (dicts become JSON; key = task_id when there is one)."""
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=5)
+    """Produce raw values (dicts become JSON; key = task_id when there is one). ``client``:
+    aiokafka options for another broker (bootstrap and security), else the suite's broker."""
+    producer = AIOKafkaProducer(**(client or {"bootstrap_servers": KAFKA}), linger_ms=5)
     await producer.start()
     try:
         futures = []
@@ -251,13 +256,14 @@ async def collect(
     timeout: float = 120,
     until: Any = None,
     isolation_level: str = "read_uncommitted",
+    client: dict[str, Any] | None = None,
 ) -> list[Received]:
     """Read results and failures from the beginning until ``count`` arrived (or ``until`` holds);
     ``isolation_level="read_committed"`` reads as a downstream exactly-once consumer does."""
     consumer = AIOKafkaConsumer(
         names.results,
         names.failures,
-        bootstrap_servers=KAFKA,
+        **(client or {"bootstrap_servers": KAFKA}),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -283,8 +289,10 @@ async def collect(
     return received
 
 
-async def committed_offsets(group: str, topic: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+async def committed_offsets(
+    group: str, topic: str, client: dict[str, Any] | None = None
+) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(**(client or {"bootstrap_servers": KAFKA}))
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)

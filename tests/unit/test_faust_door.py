@@ -168,3 +168,15 @@ def test_the_mixin_wraps_fausts_new_consumer():
     finally:
         faust_door.read_committed = original
     assert seen == ["consumer"]
+
+
+def test_the_datadir_flag_default_is_fausts_private_constant():
+    """``--datadir`` defaults to faust.types._env.DATADIR; only another value counts as given."""
+    import faust.cli.base
+    from faust.types import _env
+
+    source = Path(inspect.getfile(faust.cli.base)).read_text()
+    assert '"--datadir",\n        "-D",\n        default=DATADIR,' in source
+    assert not faust_door.datadir_flag_given(None)
+    assert not faust_door.datadir_flag_given(_env.DATADIR)
+    assert faust_door.datadir_flag_given("/somewhere/else")

@@ -370,7 +370,9 @@ async def test_randomized_interleavings_keep_caps_fifo_and_leak_nothing(seed):
     assert manager.overtaken == []
     assert outcomes["served"] + outcomes["timed_out"] + outcomes["cancelled"] == started[0]
     assert started[0] + sum(1 for r in results if isinstance(r, asyncio.CancelledError)) >= 3000
-    assert outcomes["served"] > 1000 and outcomes["timed_out"] > 0 and outcomes["cancelled"] > 0
+    # Every kind of outcome happened (how many time out depends on the machine's speed: the
+    # 0.05 s waits are real time, so the share served is only bounded loosely).
+    assert outcomes["served"] > 500 and outcomes["timed_out"] > 0 and outcomes["cancelled"] > 0
     for name, pool in manager.pools.items():
         assert not pool.waiters
         assert pool.busy == 0 and pool.connecting == 0

@@ -133,19 +133,24 @@ def test_fifo_sources_are_refused_and_do_not_stall_other_transfers_or_shutdown(t
 # -- 2. stale state -----------------------------------------------------------------------------
 def test_groups_sharing_a_data_dir_do_not_crash_each_other(tmp_path):
     """Group A, then B, then A again on one worker.data_dir: A starts again (it exited 1 with
-    ConsistencyError every time), and each group's state lives under <data_dir>/<group>/."""
+    ConsistencyError every time: B's status table offsets, written into the same RocksDB files,
+    were past the end of A's changelog), and each group's state lives under <data_dir>/<group>/."""
     data_dir = tmp_path / "shared-data"
-    env = {"FTP_POOLER_WORKER__DATA_DIR": str(data_dir)}
+    # One status partition, so both groups' table writes land in the same partition's store.
+    env = {"FTP_POOLER_WORKER__DATA_DIR": str(data_dir), "FTP_POOLER_KAFKA__TOPIC_PARTITIONS": "1"}
     ini = connections(tmp_path / "c.ini", closed_port(), tmp_path / "storage")
     a, b = Names(), Names()
     for names in (a, b):
         asyncio.run(make_topics(names, partitions=1))
     worker_a = Worker(tmp_path, a, ini, worker_id="wa", extra_env=env).start()
     worker_a.wait_ready()
+    few = [task(f"a-{i}", "local", "/x", "local", "/y") for i in range(5)]
+    asyncio.run(produce(a.tasks, few))
+    asyncio.run(collect(a, count=len(few), timeout=60))
     assert worker_a.stop() == 0, worker_a.tail()
     worker_b = Worker(tmp_path, b, ini, worker_id="wb", extra_env=env).start()
     worker_b.wait_ready()
-    many = [task(f"b-{i}", "local", "/x", "local", "/y") for i in range(30)]
+    many = [task(f"b-{i}", "local", "/x", "local", "/y") for i in range(60)]
     asyncio.run(produce(b.tasks, many))
     asyncio.run(collect(b, count=len(many), timeout=60))
     assert worker_b.stop() == 0, worker_b.tail()

@@ -4,7 +4,6 @@ itself) and app/web.py's routes, never restated here."""
 
 from __future__ import annotations
 
-import ast
 import ipaddress
 import tomllib
 from pathlib import PurePosixPath
@@ -239,17 +238,11 @@ def test_network_policy_lets_the_worker_reach_dns_kafka_and_its_ftp_servers(
 
 
 def _consumer_auto_offset_reset() -> str:
-    """The consumer_auto_offset_reset app/main.py gives Faust (read from its source)."""
-    tree = ast.parse((REPO / "app" / "main.py").read_text(encoding="utf-8"))
-    values = [
-        node.value.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.keyword)
-        and node.arg == "consumer_auto_offset_reset"
-        and isinstance(node.value, ast.Constant)
-    ]
-    assert len(values) == 1, "app/main.py no longer sets consumer_auto_offset_reset"
-    return str(values[0])
+    """The consumer_auto_offset_reset the worker gives Faust (app/parts.py faust_options)."""
+    from app.parts import faust_options
+    from app.settings import Settings
+
+    return str(faust_options(Settings(), "localhost")["consumer_auto_offset_reset"])
 
 
 def _job_env(full: list[Manifest]) -> dict[str, str]:

@@ -241,12 +241,18 @@ def test_network_policy_lets_the_worker_reach_dns_kafka_and_its_ftp_servers(
 def _consumer_auto_offset_reset() -> str:
     """The consumer_auto_offset_reset app/main.py gives Faust (read from its source)."""
     tree = ast.parse((REPO / "app" / "main.py").read_text(encoding="utf-8"))
+    # A keyword argument (Faust(..., consumer_auto_offset_reset=...)) or a dict entry passed on.
+    pairs = [(n.arg, n.value) for n in ast.walk(tree) if isinstance(n, ast.keyword)] + [
+        (k.value, v)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Dict)
+        for k, v in zip(n.keys, n.values, strict=True)
+        if isinstance(k, ast.Constant)
+    ]
     values = [
-        node.value.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.keyword)
-        and node.arg == "consumer_auto_offset_reset"
-        and isinstance(node.value, ast.Constant)
+        value.value
+        for name, value in pairs
+        if name == "consumer_auto_offset_reset" and isinstance(value, ast.Constant)
     ]
     assert len(values) == 1, "app/main.py no longer sets consumer_auto_offset_reset"
     return str(values[0])

@@ -41,11 +41,15 @@ COPY app ./app
 COPY agents ./agents
 COPY models ./models
 COPY pools ./pools
+# The topics tool the Kubernetes topics Job runs (`python -m scripts.topics`), and nothing else of
+# scripts/ (the rest is dev tooling): it goes into the virtualenv's site-packages beside the wheel.
+COPY scripts/__init__.py scripts/topics.py ./scripts/
 # The project itself: a wheel built offline with the locked setuptools, installed without deps.
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
     && /opt/build/bin/pip --python /opt/ftp-pooler/bin/python install --no-cache-dir --no-deps \
        /tmp/wheels/ftp_pooler-*.whl \
-    && /opt/ftp-pooler/bin/python -c "import app.settings, agents, models, pools"
+    && cp -r scripts "$(/opt/ftp-pooler/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/" \
+    && /opt/ftp-pooler/bin/python -c "import app.settings, agents, models, pools, scripts.topics"
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="ftp-pooler" \
@@ -82,3 +86,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; from app.settings import load_settings; urllib.request.urlopen(f'http://127.0.0.1:{load_settings().api.port}/health', timeout=4)"]
 ENTRYPOINT ["faust", "-L", "uvloop", "-A", "app", "worker"]
 CMD ["-l", "info"]
+# Creating the topics with the same settings: docker run --entrypoint python ... -m scripts.topics

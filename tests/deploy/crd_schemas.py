@@ -1,7 +1,8 @@
-"""Our own structural schemas for the two custom resources the core Kubernetes schemas lack.
+"""Our own structural schemas for the custom resources the core Kubernetes schemas lack.
 
 They are written here from the operators' API documentation (Prometheus Operator
-monitoring.coreos.com/v1 ServiceMonitor, KEDA keda.sh/v1alpha1 ScaledObject), covering the fields
+monitoring.coreos.com/v1 ServiceMonitor, KEDA keda.sh/v1alpha1 ScaledObject and
+TriggerAuthentication), covering the fields
 FTP Pooler uses plus their common siblings, and closed (no unknown fields) so a misspelt key fails.
 Standard types (ObjectMeta, LabelSelector, HPA behavior) come from the Kubernetes schemas that
 kubernetes-validate bundles, referenced as ``_definitions.json`` like its own schemas do.
@@ -155,7 +156,51 @@ SCALED_OBJECT = _resource(
     "scaledobject",
 )
 
+# A key of a Secret or ConfigMap in the TriggerAuthentication's namespace, given to the scaler as
+# one of its authentication parameters.
+_TARGET_REF = _closed(
+    {
+        "parameter": {"type": "string", "minLength": 1},
+        "name": NAME,
+        "key": {"type": "string", "pattern": r"^[-._a-zA-Z0-9]+$"},
+    },
+    required=["parameter", "name", "key"],
+)
+
+TRIGGER_AUTHENTICATION = _resource(
+    "keda.sh/v1alpha1",
+    "TriggerAuthentication",
+    {
+        **_closed(
+            {
+                "secretTargetRef": {"type": "array", "minItems": 1, "items": _TARGET_REF},
+                "configMapTargetRef": {"type": "array", "minItems": 1, "items": _TARGET_REF},
+                "env": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "parameter": {"type": "string", "minLength": 1},
+                            "name": {"type": "string", "minLength": 1},
+                            "containerName": {"type": "string"},
+                        },
+                        required=["parameter", "name"],
+                    ),
+                },
+                # Cloud identities and vaults: free-form enough to leave open.
+                "podIdentity": {"type": "object"},
+                "hashiCorpVault": {"type": "object"},
+                "azureKeyVault": {"type": "object"},
+                "awsSecretManager": {"type": "object"},
+                "gcpSecretManager": {"type": "object"},
+            }
+        ),
+        "minProperties": 1,
+    },
+    "triggerauthentication",
+)
+
 SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): TRIGGER_AUTHENTICATION,
 }

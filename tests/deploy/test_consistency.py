@@ -12,7 +12,7 @@ import pytest
 
 from app.settings import CONFIG_ENV, CONNECTIONS_ENV
 from models.connections import FtpConnection, LocalConnection
-from tests.deploy.conftest import STATEFULSET, WORKER_CONTAINER, Worker
+from tests.deploy.conftest import STATEFULSET, TOPICS_JOB, WORKER_CONTAINER, Worker
 from tests.deploy.kustomize import Manifest
 from tests.deploy.routes import route_status
 from tests.deploy.tools import REPO
@@ -24,7 +24,6 @@ from tests.deploy.workload import (
     mount_at,
     mount_covering,
     pod_spec,
-    resolve_env,
 )
 
 # prometheus_client answers on every path, so the app has no metrics route to read; this is the
@@ -245,8 +244,10 @@ def _consumer_auto_offset_reset() -> str:
     return str(faust_options(Settings(), "localhost")["consumer_auto_offset_reset"])
 
 
-def _job_env(full: list[Manifest]) -> dict[str, str]:
-    return resolve_env(container(find(full, "Job", "ftp-pooler-topics")), full)
+def job_partitions(full: list[Manifest]) -> int:
+    """The --partitions the topics Job gives scripts/topics.py for the public topics."""
+    args = container(find(full, "Job", TOPICS_JOB))["args"]
+    return int(args[args.index("--partitions") + 1])
 
 
 def test_keda_scales_the_statefulset_on_the_lag_of_the_worker_group(
@@ -266,20 +267,7 @@ def test_keda_scales_the_statefulset_on_the_lag_of_the_worker_group(
     assert meta["topic"] == worker.settings.kafka.input_topic
     assert meta["offsetResetPolicy"] == _consumer_auto_offset_reset()
     assert meta["allowIdleConsumers"] == "false"
-    partitions = int(_job_env(full)["PARTITIONS"])
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
-
-
-def test_topics_job_creates_the_worker_topics_on_the_worker_brokers(
-    worker: Worker, full: list[Manifest]
-) -> None:
-    """The Job creates input, result and fail topics, on the brokers the worker uses."""
-    env = _job_env(full)
-    kafka = worker.settings.kafka
-    assert set(env["TOPICS"].split()) == {kafka.input_topic, kafka.result_topic, kafka.fail_topic}
-    assert env["BOOTSTRAP_SERVERS"].split(",") == kafka.bootstrap_servers
-    assert worker.statefulset["spec"]["replicas"] <= int(env["PARTITIONS"])
-    assert int(env["MIN_INSYNC_REPLICAS"]) <= int(env["REPLICATION_FACTOR"])
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= job_partitions(full)
 
 
 def test_base_image_tag_is_the_project_version(base: list[Manifest]) -> None:

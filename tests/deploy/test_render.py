@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.deploy import kustomize
-from tests.deploy.conftest import EXAMPLE_IMAGE, EXAMPLE_SECRET, K8S
+from tests.deploy.conftest import EXAMPLE_IMAGE, EXAMPLES, K8S, STATEFULSET, TOPICS_JOB
 from tests.deploy.kustomize import Manifest
 from tests.deploy.workload import container, find
 
@@ -28,6 +28,7 @@ BASE_KINDS = {
 COMPONENT_KINDS = {
     ("ServiceMonitor", "ftp-pooler"),
     ("ScaledObject", "ftp-pooler"),
+    ("TriggerAuthentication", "ftp-pooler-kafka"),
     ("Job", "ftp-pooler-topics"),
     ("NetworkPolicy", "ftp-pooler-topics"),
 }
@@ -49,25 +50,59 @@ def test_base_holds_only_core_objects_and_never_the_example_secret(base: list[Ma
 
 
 def test_components_add_exactly_their_objects(full: list[Manifest]) -> None:
-    """ServiceMonitor, ScaledObject and the topics Job come only with their components."""
+    """ServiceMonitor, ScaledObject, TriggerAuthentication and the topics Job come only with
+    their components."""
     assert _kinds(full) == BASE_KINDS | COMPONENT_KINDS
 
 
 def test_everything_lands_in_the_kustomization_namespace(full: list[Manifest]) -> None:
-    """One namespace for all objects, so the Secret created by hand sits beside them."""
+    """One namespace for all objects, so the Secrets created by hand sit beside them."""
     (namespace,) = {m["metadata"]["namespace"] for m in full}
     (base_kustomization,) = kustomize.load_documents(K8S / "kustomization.yaml")
     assert namespace == base_kustomization["namespace"]
-    (secret,) = kustomize.load_documents(EXAMPLE_SECRET)
-    assert secret["metadata"]["namespace"] == namespace
+    for example in EXAMPLES:
+        for doc in kustomize.load_documents(example):
+            assert doc["metadata"]["namespace"] == namespace, example.name
 
 
-def test_overlay_image_rewrite_reaches_the_worker_only(full: list[Manifest]) -> None:
-    """The overlay's `images` entry names the image the StatefulSet runs."""
-    worker = container(find(full, "StatefulSet", "ftp-pooler"))
+def test_overlay_image_rewrite_reaches_the_worker_and_the_topics_job(
+    full: list[Manifest],
+) -> None:
+    """The overlay's `images` entry names the image the StatefulSet and the topics Job run: the
+    Job creates the topics with the worker's own code and settings."""
+    worker = container(find(full, "StatefulSet", STATEFULSET))
     assert worker["image"] == f"{EXAMPLE_IMAGE}:0.1.0"
-    job = container(find(full, "Job", "ftp-pooler-topics"))
-    assert job["image"].startswith("apache/kafka:")
+    job = container(find(full, "Job", TOPICS_JOB))
+    assert job["image"] == worker["image"]
+    assert job["imagePullPolicy"] == worker["imagePullPolicy"]
+
+
+def test_keda_auth_component_points_the_trigger_at_its_trigger_authentication(
+    full: list[Manifest],
+) -> None:
+    """components/keda-auth adds the TriggerAuthentication and the trigger's authenticationRef."""
+    (trigger,) = find(full, "ScaledObject")["spec"]["triggers"]
+    auth = find(full, "TriggerAuthentication")
+    assert trigger["authenticationRef"] == {
+        "kind": "TriggerAuthentication",
+        "name": auth["metadata"]["name"],
+    }
+
+
+def test_keda_without_keda_auth_has_no_authentication_ref(tmp_path: Path) -> None:
+    """A PLAINTEXT cluster uses components/keda alone: no TriggerAuthentication, no reference
+    to one (KEDA would refuse a trigger naming a missing one)."""
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, tmp_path)],
+        "components": [os.path.relpath(K8S / "components" / "keda", tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
+    rendered = kustomize.build(tmp_path)
+    assert "TriggerAuthentication" not in {m["kind"] for m in rendered}
+    (trigger,) = find(rendered, "ScaledObject")["spec"]["triggers"]
+    assert "authenticationRef" not in trigger
 
 
 def test_every_manifest_file_is_used() -> None:
@@ -78,7 +113,7 @@ def test_every_manifest_file_is_used() -> None:
         for entry in doc.get("resources", []):
             listed.add((kustomization.parent / entry).resolve())
     manifests = {p.resolve() for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"}
-    assert manifests - listed == {EXAMPLE_SECRET.resolve()}
+    assert manifests - listed == {example.resolve() for example in EXAMPLES}
 
 
 def test_a_kustomization_kustomize_refuses_is_an_error(tmp_path: Path) -> None:

@@ -113,6 +113,14 @@ BROKEN = {
             scaledown={}
         ),
     ),
+    "TriggerAuthentication ref without key": (
+        "TriggerAuthentication",
+        lambda d: d["spec"]["secretTargetRef"][0].pop("key"),
+    ),
+    "TriggerAuthentication field misspelt": (
+        "TriggerAuthentication",
+        lambda d: d["spec"].update(secretTargetRefs=d["spec"].pop("secretTargetRef")),
+    ),
     "ServiceMonitor endpoint misspelt": (
         "ServiceMonitor",
         lambda d: d["spec"]["endpoints"][0].update(intervall="30s"),

@@ -1,7 +1,8 @@
-"""Look-ups over rendered manifests: find objects, resolve env vars, mounts and named ports."""
+"""Look-ups over rendered manifests: find objects, resolve env vars, mounts, files and ports."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -35,11 +36,37 @@ def container(workload: Manifest, name: str | None = None) -> Manifest:
     return match  # type: ignore[no-any-return]
 
 
+def _object(manifests: list[Manifest], kind: str, ref: Manifest) -> Manifest | None:
+    """The ConfigMap or Secret a reference names; None when it is missing and optional."""
+    found = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == ref["name"]]
+    if not found:
+        assert ref.get("optional") is True, f"{kind} {ref['name']} is missing and not optional"
+        return None
+    return find(found, kind, ref["name"])
+
+
+def object_data(obj: Manifest) -> dict[str, str]:
+    """A ConfigMap's or Secret's keys as the container sees them (stringData, as the examples
+    are written; base64 `data` of a Secret decoded)."""
+    if obj["kind"] == "ConfigMap":
+        return {k: str(v) for k, v in obj.get("data", {}).items()}
+    data = {k: base64.b64decode(v).decode() for k, v in obj.get("data", {}).items()}
+    return data | {k: str(v) for k, v in obj.get("stringData", {}).items()}
+
+
 def resolve_env(
     ctr: Manifest, manifests: list[Manifest], pod_name: str = POD_NAME
 ) -> dict[str, str]:
-    """The container's variables as the kubelet would set them (fieldRef, configMapKeyRef)."""
+    """The container's variables as the kubelet would set them: envFrom first (a missing
+    optional ConfigMap adds nothing), then env (fieldRef, configMapKeyRef, secretKeyRef; an
+    optional key that is missing sets nothing). ``manifests`` holds the objects the pod would
+    find in its namespace: the rendered ones plus any created by hand (the example Secrets)."""
     env: dict[str, str] = {}
+    for source in ctr.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, f"unexpected envFrom source {source}"
+        config_map = _object(manifests, "ConfigMap", source["configMapRef"])
+        if config_map is not None:
+            env.update(object_data(config_map))
     for var in ctr.get("env", []):
         if "value" in var:
             env[var["name"]] = str(var["value"])
@@ -48,12 +75,41 @@ def resolve_env(
         if "fieldRef" in source:
             assert source["fieldRef"]["fieldPath"] == "metadata.name", source
             env[var["name"]] = pod_name
-        elif "configMapKeyRef" in source:
-            ref = source["configMapKeyRef"]
-            env[var["name"]] = find(manifests, "ConfigMap", ref["name"])["data"][ref["key"]]
+            continue
+        if "configMapKeyRef" in source:
+            kind, ref = "ConfigMap", source["configMapKeyRef"]
+        elif "secretKeyRef" in source:
+            kind, ref = "Secret", source["secretKeyRef"]
         else:
             raise AssertionError(f"unexpected env source {source}")
+        obj = _object(manifests, kind, ref)
+        data = object_data(obj) if obj is not None else {}
+        if ref["key"] in data:
+            env[var["name"]] = data[ref["key"]]
+        else:
+            assert ref.get("optional") is True, f"{kind} {ref['name']} has no key {ref['key']}"
     return env
+
+
+def projected_files(volume: Manifest, manifests: list[Manifest]) -> dict[str, str]:
+    """relative path -> text of the files a ConfigMap or Secret volume shows (its `items`, or
+    every key); a missing optional object or key shows nothing."""
+    if "configMap" in volume:
+        kind, ref = "ConfigMap", {**volume["configMap"]}
+    elif "secret" in volume:
+        kind, ref = "Secret", {**volume["secret"], "name": volume["secret"]["secretName"]}
+    else:
+        raise AssertionError(f"volume {volume['name']} is neither a ConfigMap nor a Secret")
+    obj = _object(manifests, kind, ref)
+    data = object_data(obj) if obj is not None else {}
+    items = ref.get("items") or [{"key": key, "path": key} for key in data]
+    files = {}
+    for item in items:
+        if item["key"] in data:
+            files[item["path"]] = data[item["key"]]
+        else:
+            assert ref.get("optional") is True, f"{kind} {ref['name']} has no key {item['key']}"
+    return files
 
 
 def mount_at(workload: Manifest, ctr: Manifest, path: str) -> tuple[Manifest, Manifest]:
@@ -92,14 +148,14 @@ def container_port(ctr: Manifest, port: Any) -> int:
     return int(match)
 
 
-def file_from_volume(
-    volume: Manifest, mount: Manifest, manifests: list[Manifest], secrets: list[Manifest]
-) -> str:
-    """The text a subPath mount of a ConfigMap or Secret key shows in the container."""
-    key = mount["subPath"]
-    if "configMap" in volume:
-        return str(find(manifests, "ConfigMap", volume["configMap"]["name"])["data"][key])
-    if "secret" in volume:
-        secret = find(secrets, "Secret", volume["secret"]["secretName"])
-        return str(secret["stringData"][key])
-    raise AssertionError(f"volume {volume['name']} is neither a ConfigMap nor a Secret")
+def file_in_pod(workload: Manifest, ctr: Manifest, path: str, manifests: list[Manifest]) -> str:
+    """The text of the file at ``path`` as the container sees it on a ConfigMap or Secret
+    volume (a subPath mount, or a file of a directory mount)."""
+    volume, mount = mount_covering(workload, ctr, path)
+    files = projected_files(volume, manifests)
+    if "subPath" in mount:
+        assert mount["mountPath"] == path, f"{path} is below a subPath mount"
+        return files[mount["subPath"]]
+    relative = str(PurePosixPath(path).relative_to(mount["mountPath"]))
+    assert relative in files, f"{path}: the volume {volume['name']} shows no such file"
+    return files[relative]

@@ -260,6 +260,11 @@ def register_agent(
                 await manual.ack(event)
 
         async for event in manual.events():
+            if committer is not None:
+                # Faust calls the sensors' on_message_in only for topics it acks itself, but
+                # on_message_out at every ack: counted here, so received-message metrics hold.
+                message = event.message
+                app.sensors.on_message_in(message.tp, message.offset, message)
             try:
                 await in_flight.submit(event, handler, ack)
             except Exception:

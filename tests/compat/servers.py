@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from models.connections import FtpConnection
+from tests.support.stack import free_port  # one port picker for the whole suite
 
 REPO = Path(__file__).resolve().parents[2]
 DEBS = REPO / ".cache" / "ftp-servers" / "root"
@@ -51,12 +52,6 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
 }
 VARIANTS["proftpd-none-no-overwrite"] = ("proftpd", "none", False)
 TLS_VARIANTS = [name for name, (_, tls, _) in VARIANTS.items() if tls != "none"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def missing_setup() -> str | None:

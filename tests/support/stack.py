@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,10 +36,25 @@ KAFKA = os.environ.get("FTP_POOLER_TEST_KAFKA", "127.0.0.1:19192")
 PASSWORD = "s3cret-pw"  # the FTP login of every stack (user alice); never in a result or log
 
 
+# Listening ports are picked below Linux's ephemeral range (32768-60999): a port the kernel
+# hands out as "free" there can be taken by any outgoing connection before the worker binds it.
+_PORTS = list(range(21000, 32000))
+random.Random(os.getpid()).shuffle(_PORTS)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port outside the ephemeral range that is free now (none handed out twice by
+    this process)."""
+    while _PORTS:
+        port = _PORTS.pop()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port left in 21000-32000")
 
 
 def closed_port() -> int:

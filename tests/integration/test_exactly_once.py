@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -196,6 +197,8 @@ async def test_broker_restart_gives_exactly_one_outcome_per_task(tmp_path):
         await asyncio.to_thread(
             subprocess.run, [script, "down"], env=kafka_env, check=True, timeout=60
         )
+        # A wrong state dir would "stop" nothing and the test would pass without a restart.
+        assert not _answers(KAFKA), f"{KAFKA} still up: is FTP_POOLER_TEST_KAFKA_STATE its state?"
         await asyncio.sleep(3)
         await asyncio.to_thread(
             subprocess.run, [script, "up"], env=kafka_env, check=True, timeout=120
@@ -206,6 +209,15 @@ async def test_broker_restart_gives_exactly_one_outcome_per_task(tmp_path):
         assert worker.stop() == 0
     finally:
         run.ftp.stop()
+
+
+def _answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 class HeldCommits:

@@ -10,7 +10,7 @@ MATRIX_KAFKA_PORT ?= 19892
 # The two Kafka lines the end-to-end tests must pass against (make test-kafka-matrix).
 KAFKA_MATRIX_VERSIONS ?= 4.4.0 3.9.2
 KAFKA_E2E_TESTS := tests/integration/test_transfers_e2e.py tests/integration/test_commit_safety.py \
-	tests/compat/test_e2e_tls.py
+	tests/integration/test_exactly_once.py tests/compat/test_e2e_tls.py
 export KAFKA_PORT ?= 19092
 
 .PHONY: setup lock demo test soak unit lint kafka-up kafka-down kafka-fetch clean checkov-setup \
@@ -114,7 +114,8 @@ test-compat: setup kafka-fetch compat-setup
 	KAFKA_PORT=$(COMPAT_KAFKA_PORT) KAFKA_STATE_DIR=$(CURDIR)/.local/kafka-compat-$(COMPAT_KAFKA_PORT) scripts/local-kafka.sh down; \
 	exit $$status
 
-# The end-to-end tests once per Kafka line, each on a fresh broker of that version.
+# The end-to-end tests once per Kafka line, each on a fresh broker of that version. The tests that
+# restart the broker (test_exactly_once.py) restart this one: its version and state dir are passed.
 test-kafka-matrix: setup compat-setup
 	@failed=""; for version in $(KAFKA_MATRIX_VERSIONS); do \
 	  state=$(CURDIR)/.local/kafka-matrix-$(MATRIX_KAFKA_PORT)-$$version; \
@@ -122,7 +123,9 @@ test-kafka-matrix: setup compat-setup
 	  rm -rf $$state; \
 	  echo "== Kafka $$version"; \
 	  if KAFKA_VERSION=$$version KAFKA_PORT=$(MATRIX_KAFKA_PORT) KAFKA_STATE_DIR=$$state scripts/local-kafka.sh up; then \
-	    FTP_POOLER_TEST_KAFKA=127.0.0.1:$(MATRIX_KAFKA_PORT) $(BIN)/pytest -q $(KAFKA_E2E_TESTS) || failed="$$failed $$version"; \
+	    KAFKA_VERSION=$$version FTP_POOLER_TEST_KAFKA=127.0.0.1:$(MATRIX_KAFKA_PORT) \
+	      FTP_POOLER_TEST_KAFKA_STATE=$$state \
+	      $(BIN)/pytest -q $(KAFKA_E2E_TESTS) || failed="$$failed $$version"; \
 	  else failed="$$failed $$version"; fi; \
 	  KAFKA_PORT=$(MATRIX_KAFKA_PORT) KAFKA_STATE_DIR=$$state scripts/local-kafka.sh down; \
 	done; \

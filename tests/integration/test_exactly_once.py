@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
+import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from aiokafka.structs import TopicPartition
 
+from agents.outbox import OutRecord
+from agents.transactions import GroupOffsets, TransactionalCommitter, producer_factory
 from scripts.ftpd import EmbeddedFTPServer
 from tests.support.stack import (
     KAFKA,
@@ -25,6 +31,7 @@ from tests.support.stack import (
     Received,
     Worker,
     collect,
+    committed_offsets,
     make_topics,
     produce,
     read_all,
@@ -190,6 +197,8 @@ async def test_broker_restart_gives_exactly_one_outcome_per_task(tmp_path):
         await asyncio.to_thread(
             subprocess.run, [script, "down"], env=kafka_env, check=True, timeout=60
         )
+        # A wrong state dir would "stop" nothing and the test would pass without a restart.
+        assert not _answers(KAFKA), f"{KAFKA} still up: is FTP_POOLER_TEST_KAFKA_STATE its state?"
         await asyncio.sleep(3)
         await asyncio.to_thread(
             subprocess.run, [script, "up"], env=kafka_env, check=True, timeout=120
@@ -200,3 +209,116 @@ async def test_broker_restart_gives_exactly_one_outcome_per_task(tmp_path):
         assert worker.stop() == 0
     finally:
         run.ftp.stop()
+
+
+def _answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+class HeldCommits:
+    """A producer factory whose producers, while ``hold`` is on, write their transaction (flush)
+    and then wait at ``commit_transaction`` until ``release`` is set: a worker caught between
+    writing its outcomes and committing them."""
+
+    def __init__(self, settings: dict[str, str]) -> None:
+        self.build = producer_factory(settings)
+        self.hold = False
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+        self.made = 0
+
+    def __call__(self, transactional_id: str):
+        producer = self.build(transactional_id)
+        commit = producer.commit_transaction
+        self.made += 1
+
+        async def held_commit() -> None:
+            if self.hold:
+                await producer.flush()  # the outcomes are in the log, uncommitted
+                self.waiting.set()
+                await self.release.wait()
+            await commit()
+
+        producer.commit_transaction = held_commit
+        return producer
+
+
+async def test_new_owner_fences_the_old_producer_and_each_outcome_is_read_once():
+    """Two workers' committers on one partition of a real broker: the old owner has written
+    outcomes 5-9 in a transaction not yet committed when the new owner initialises the
+    partition's transactional id. The old producer is fenced (its transaction aborted, its
+    records dropped, no new producer started), the new owner redoes 5-9 and goes on
+    committing, and a read_committed reader sees each task's outcome exactly once."""
+    names = Names()
+    await make_topics(names, 1)
+    tp = TopicPartition(names.tasks, 0)
+    settings = {"bootstrap_servers": KAFKA}
+
+    def make(factory) -> TransactionalCommitter:
+        return TransactionalCommitter(
+            group_id=names.group,
+            topics=lambda: [names.tasks],
+            producer_factory=factory,
+            committed_offset=GroupOffsets(settings, names.group),
+            interval=3600,  # commits happen when the test calls commit_all
+        )
+
+    async def complete(c: TransactionalCommitter, offsets: range, by: str) -> None:
+        for n in offsets:
+            value = json.dumps({"task_id": f"t-{n}", "by": by}).encode()
+            record = OutRecord(names.results, f"t-{n}".encode(), value, [])
+            await c.complete(SimpleNamespace(message=SimpleNamespace(tp=tp, offset=n)), [record])
+
+    old_factory = HeldCommits(settings)
+    old, new = make(old_factory), make(producer_factory(settings))
+    await old.start()
+    await new.start()
+    try:
+        await old.assigned([tp])
+        await complete(old, range(5), "old")
+        await old.commit_all()
+        assert old.commits_total == 1 and old.committed(tp) == 5
+
+        await complete(old, range(5, 10), "old")
+        old_factory.hold = True
+        old_commit = asyncio.create_task(old.commit_all())
+        await asyncio.wait_for(old_factory.waiting.wait(), timeout=30)
+        await asyncio.wait_for(new.assigned([tp]), timeout=60)  # the rebalance's new owner
+        old_factory.release.set()
+        await asyncio.wait_for(old_commit, timeout=60)
+
+        snapshot = old.snapshot()
+        print(f"old owner: {snapshot}")
+        assert old.fenced_total == 1 and old.commits_total == 1 and old.aborts_total == 0
+        assert snapshot["fenced_partitions"] == 1 and old.dropped_total == 5
+        assert snapshot["last_error"].split(":")[0] in ("ProducerFenced", "InvalidProducerEpoch")
+        assert await committed_offsets(names.group, names.tasks) == {0: 5}
+
+        # The new owner redoes from the committed offset and keeps committing: not fenced back.
+        await complete(new, range(5, 10), "new")
+        await new.commit_all()
+        await complete(old, range(10, 11), "old")  # the old owner finishing more: dropped
+        assert await old.flush(within=2)
+        await old.commit_all()
+        await complete(new, range(10, 11), "new")
+        await new.commit_all()
+        print(f"new owner: {new.snapshot()}")
+        assert new.commits_total == 2 and new.fenced_total == 0 and new.aborts_total == 0
+        assert old_factory.made == 1  # the fenced worker never initialised the id again
+        assert await committed_offsets(names.group, names.tasks) == {0: 11}
+
+        committed = [(r.value["task_id"], r.value["by"]) for r in await read_all(names)]
+        expected = [(f"t-{n}", "old" if n < 5 else "new") for n in range(11)]
+        assert committed == expected
+        uncommitted = Counter(r.value["task_id"] for r in await read_all(names, "read_uncommitted"))
+        # The old owner's outcomes 5-9 did reach the log: only its aborted transaction hides them.
+        assert [uncommitted[f"t-{n}"] for n in range(11)] == [1] * 5 + [2] * 5 + [1]
+        print(f"read_committed: {len(committed)} outcomes, read_uncommitted: {uncommitted.total()}")
+    finally:
+        await old.stop()
+        await new.stop()

@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from scripts.ftpd import EmbeddedFTPServer
 from tests.support.stack import (
     KAFKA,
@@ -191,8 +193,17 @@ def black_hole() -> socket.socket:
     return sock
 
 
-async def test_black_holed_server_does_not_slow_the_healthy_one(tmp_path):
-    """Half the tasks go to a server that never answers; B keeps >= 90 % of its solo rate."""
+# The share of B's solo rate that must hold beside the black hole. at_least_once publishes each
+# outcome when its transfer ends: B keeps 90 %. exactly_once publishes a partition's outcomes in
+# offset order, so a B outcome behind a hole task waits until that task gives up (the 2 s
+# connect timeout here, then it is parked): the transfers are as isolated, their outcomes appear
+# up to that much later (README, Delivery), so 75 % is required there.
+ISOLATION = {"at_least_once": 0.9, "exactly_once": 0.75}
+
+
+@pytest.mark.parametrize("guarantee", sorted(ISOLATION))
+async def test_black_holed_server_does_not_slow_the_healthy_one(tmp_path, guarantee):
+    """Half the tasks go to a server that never answers; B keeps its share of its solo rate."""
     hole = black_hole()
     setup = Setup(tmp_path)
     try:
@@ -210,6 +221,7 @@ async def test_black_holed_server_does_not_slow_the_healthy_one(tmp_path):
                 "FTP_POOLER_TRANSFER__CONNECT_TIMEOUT_SECONDS": "2",
                 "FTP_POOLER_RETRY__MAX_ATTEMPTS": "3",
                 "FTP_POOLER_RETRY__BACKOFF_INITIAL_SECONDS": "1",
+                "FTP_POOLER_KAFKA__PROCESSING_GUARANTEE": guarantee,
             }
         )
         worker.start().wait_ready()
@@ -241,10 +253,10 @@ async def test_black_holed_server_does_not_slow_the_healthy_one(tmp_path):
         )
         hole_results = [r.value for r in received if str(r.value["task_id"]).startswith("hole")]
         print(
-            f"dead server: B solo {solo:.0f} tasks/s, B beside black hole {mixed:.0f} tasks/s "
-            f"(ratio {mixed / solo:.2f}); {len(hole_results)} hole results"
+            f"dead server ({guarantee}): B solo {solo:.0f} tasks/s, B beside black hole "
+            f"{mixed:.0f} tasks/s (ratio {mixed / solo:.2f}); {len(hole_results)} hole results"
         )
-        assert mixed >= 0.9 * solo
+        assert mixed >= ISOLATION[guarantee] * solo
         assert len(hole_results) == 800
         assert all(
             v["error_code"] == "CONNECTION_ERROR" and v["attempts"] == 3 for v in hole_results

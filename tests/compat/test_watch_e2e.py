@@ -302,7 +302,12 @@ async def test_watch_scans_100000_entries_in_bounded_memory(farm, tmp_path):
         f"MiB, peak while scanning {peak / mib:.1f} MiB (+{(peak - baseline) / mib:.1f} MiB)"
     )
     assert len(full) == 2, full
-    assert all(s["entries_listed"] == ENTRIES and s["errors"] == 0 for s in full), full
+    # Both full scans listed every entry, and neither failed (errors is a running count: a scan
+    # that overlapped the creation of 100,000 files on a busy machine may have timed out before).
+    assert all(s["entries_listed"] == ENTRIES for s in full), [s["entries_listed"] for s in full]
+    assert full[1]["errors"] == full[0]["errors"], [
+        (s["errors"], s.get("last_error")) for s in full
+    ]
     unexpected = [t for t in tasks if int(t["src_path"][-10:-4]) % 100]
     assert not unexpected, (len(unexpected), unexpected[:3])
     assert len(results) == READY and len(counts) == READY and set(counts.values()) == {1}

@@ -105,6 +105,10 @@ class TransactionalCommitter(mode.Service):
         self.max_records = max_records
         self._partitions: dict[Any, _Partition] = {}
         self._wakeup = asyncio.Event()
+        # Assignments are handled one at a time: two rebalances in quick succession must not
+        # initialise one transactional id twice concurrently (the older initialisation could
+        # finish last and fence the newer producer: a partition of ours left fenced).
+        self._assigning = asyncio.Lock()
         # Health, for /status and the metrics.
         self.commits_total = 0
         self.aborts_total = 0
@@ -128,14 +132,15 @@ class TransactionalCommitter(mode.Service):
     async def assigned(self, assignment: Iterable[Any]) -> None:
         """A new assignment (each rebalance): every task partition gets a freshly initialised
         producer, which fences whoever used its transactional id before."""
-        await self.release()
-        topics = set(self.topics())
-        for tp in assignment:
-            if tp.topic in topics:
-                self._partitions[tp] = _Partition(tp, self.transactional_id(tp))
-        if self._partitions:
-            await asyncio.gather(*(self._start(p) for p in self._partitions.values()))
-            log.info("transactional_producers_ready", partitions=len(self._partitions))
+        async with self._assigning:
+            await self.release()
+            topics = set(self.topics())
+            for tp in assignment:
+                if tp.topic in topics:
+                    self._partitions[tp] = _Partition(tp, self.transactional_id(tp))
+            if self._partitions:
+                await asyncio.gather(*(self._start_once(p) for p in self._partitions.values()))
+                log.info("transactional_producers_ready", partitions=len(self._partitions))
 
     async def release(self) -> None:
         """Give up every partition (revoked, or stopping): what is not committed yet is
@@ -315,6 +320,14 @@ class TransactionalCommitter(mode.Service):
             self._committed(p, count, tasks, offset, 0.0)
         return True
 
+    async def _start_once(self, p: _Partition) -> None:
+        """Start the partition's producer under its lock: a commit that comes first (a task
+        finished while the producers initialise) starts it, and is not raced by a second
+        initialisation of the same id (the later one would fence the one in use)."""
+        async with p.lock:
+            if p.producer is None and not p.fenced:
+                await self._start(p)
+
     async def _start(self, p: _Partition) -> bool:
         """A new producer for the partition's transactional id, initialised (fencing the
         previous one); False when the broker could not be reached this time."""
@@ -333,6 +346,9 @@ class TransactionalCommitter(mode.Service):
             await self._stop_producer(producer)
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("transactional_producer_start_failed", error=self.last_error)
+            return False
+        if self._partitions.get(p.tp) is not p:  # released meanwhile (a newer assignment)
+            await self._stop_producer(producer)
             return False
         p.producer, p.began = producer, True
         return True

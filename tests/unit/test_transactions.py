@@ -7,6 +7,7 @@ Each test drives :class:`TransactionalCommitter` with fake producers over a fake
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka.structs import TopicPartition
 
@@ -177,3 +178,43 @@ async def test_shutdown_commits_nothing_and_the_next_owner_commits_each_outcome_
     ]
     assert kafka.offsets == {TP: 2, TP1: 3}
     await nxt.release()
+
+
+async def test_a_commit_during_the_assignment_does_not_initialise_the_id_twice():
+    """Tasks finish while the assignment's producers are still initialising (slow on a busy
+    broker): the commit waits for that producer instead of initialising the id again, so no
+    producer of ours fences another and every outcome is committed once."""
+    kafka = FakeKafka()
+    slow = asyncio.Event()
+    real_producer = kafka.producer
+
+    def slow_producer(transactional_id: str) -> Any:
+        producer = real_producer(transactional_id)
+        start = producer.start
+
+        async def start_slowly() -> None:
+            await slow.wait()
+            await start()
+
+        producer.start = start_slowly  # type: ignore[method-assign]
+        return producer
+
+    c = TransactionalCommitter(
+        group_id="g",
+        topics=lambda: ["ftp-tasks"],
+        producer_factory=slow_producer,
+        committed_offset=kafka.committed_offset,
+        interval=3600,
+    )
+    assigning = asyncio.create_task(c.assigned([TP]))
+    await asyncio.sleep(0.01)  # the assignment's producer is initialising
+    await complete(c, TP, range(3))
+    committing = asyncio.create_task(c.commit_all())
+    await asyncio.sleep(0.01)
+    slow.set()
+    await asyncio.gather(assigning, committing)
+    await c.commit_all()
+
+    assert [p.transactional_id for p in kafka.producers] == [TID]  # initialised once
+    assert c.fenced_total == 0 and c.dropped_total == 0
+    assert len(kafka.committed) == 3 and kafka.offsets == {TP: 3}

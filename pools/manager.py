@@ -297,6 +297,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
                 if session is None:
                     continue
                 pool.waiters.popleft()
+                pool.handed_out(now)
                 session.acquired()  # an idle one is BUSY from now; a new one once logged in
                 waiter.session = session
                 waiter.event.set()

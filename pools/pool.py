@@ -21,6 +21,7 @@ class Session(Protocol):
     session's state itself (see :class:`pools.state.SessionLifecycle`)."""
 
     last_used: float
+    server_answered: bool
 
     @property
     def is_connecting(self) -> bool: ...
@@ -99,6 +100,7 @@ class SessionPool(Generic[S]):
         self.pushback_until = 0.0
         self.pushbacks_total = 0
         self._returned: deque[float] = deque(maxlen=RATE_WINDOW)  # when sessions came back
+        self._last_moved = 0.0  # when the line last moved: a session handed out or returned
         self.breaker = breaker or CircuitBreaker(conn_id)
 
     def __repr__(self) -> str:
@@ -175,16 +177,28 @@ class SessionPool(Generic[S]):
     def session_returned(self, now: float) -> None:
         """A task gave its session back (reused or closed): the line moved."""
         self._returned.append(now)
+        self._last_moved = now
+
+    def handed_out(self, now: float) -> None:
+        """A waiter got a session: the line moved."""
+        self._last_moved = now
 
     def expected_wait(self, now: float) -> float:
-        """Seconds a task joining the line now would wait for a session, at the rate sessions
-        came back lately; infinite while none has (a new connection, or one that is stuck)."""
-        if not self._returned:
+        """Seconds a task joining the line now would wait for a session.
+
+        At the pace sessions came back lately (the time between returns, so a pause between
+        bursts does not count), and at least as long as the line has not moved. Infinite while
+        no session of the server has even greeted (a dead or black-holed server). A server that
+        greeted but has no pace yet (its first transfers, slow only by latency) waits as long as
+        the line has stood still: its tasks join the line, and are parked only if it then stops.
+        """
+        if len(self._returned) >= 2:
+            per_return = (self._returned[-1] - self._returned[0]) / (len(self._returned) - 1)
+        elif any(s.server_answered for s in self.sessions):
+            per_return = 0.0
+        else:
             return math.inf
-        span = now - self._returned[0]
-        if span <= 0:
-            return 0.0
-        return (len(self.waiters) + 1) * span / len(self._returned)
+        return max((len(self.waiters) + 1) * per_return, now - (self._last_moved or now))
 
     def new_session(self) -> S:
         """Add a not-yet-connected session (counts against the cap while it connects)."""

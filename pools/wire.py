@@ -42,17 +42,32 @@ class ControlChannel:
     async def command(self, line: str, expected: str) -> list[str]:
         """Send ``line``; return the reply's text lines when its code matches ``expected``
         (e.g. "229", "2xx"), else raise :class:`aioftp.StatusCodeError`."""
-        if "\r" in line or "\n" in line:
-            raise InvalidTask("a path sent to an FTP server must not contain CR or LF")
-        self.writer.write(line.encode() + b"\r\n")
+        self.send(line)
         return await self.reply(expected)
+
+    def send(self, *lines: str) -> None:
+        """Write commands in one go, their replies to be read later in the same order
+        (pipelining: one round trip for all of them)."""
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                raise InvalidTask("a path sent to an FTP server must not contain CR or LF")
+        self.writer.write("".join(line + "\r\n" for line in lines).encode())
 
     async def reply(self, expected: str) -> list[str]:
         """Read one (possibly multi-line) reply and check its code against ``expected``."""
-        code, info = await read_reply(self.reader.readline, self.writer.close)
-        if not _matches(code, expected):
-            raise aioftp.StatusCodeError(Code(expected), Code(code), info)
-        return info
+        code, info = await self.raw_reply()
+        return check(code, info, expected)
+
+    async def raw_reply(self) -> tuple[str, list[str]]:
+        """The next reply (code, text lines), whatever its code."""
+        return await read_reply(self.reader.readline, self.writer.close)
+
+
+def check(code: str, info: list[str], expected: str) -> list[str]:
+    """``info`` when ``code`` matches ``expected``, else :class:`aioftp.StatusCodeError`."""
+    if not _matches(code, expected):
+        raise aioftp.StatusCodeError(Code(expected), Code(code), info)
+    return info
 
 
 async def read_reply(
@@ -110,6 +125,11 @@ def announced_size(info: list[str]) -> int | None:
     """The byte count a 150 reply announces ("... (4096 bytes)", vsftpd and others), if any."""
     match = _ANNOUNCED.search(" ".join(info))
     return int(match.group(1)) if match else None
+
+
+def is_passive_reply(code: str) -> bool:
+    """227 (PASV) or 229 (EPSV): never the final reply of a transfer."""
+    return code in ("227", "229")
 
 
 def passive_port(command: str, info: list[str]) -> int:

@@ -13,7 +13,9 @@ connects on after the delay), half a round trip less than a real network costs: 
 client.
 
 On the control connection it counts each command (by verb) and the client's *turns*: a turn is
-the client speaking after the server has spoken, so commands sent together count once. It reads
+the client speaking after the server has spoken, so commands sent together count once; and the
+client's *think time*: from the moment a reply reached the client to its next command (its own
+work between round trips, summed over turns). It reads
 ``stats`` or ``reset`` lines on standard input and answers each with one JSON line.
 """
 
@@ -47,6 +49,7 @@ class Stats:
     def reset(self) -> None:
         self.commands: Counter[str] = Counter()
         self.turns = 0
+        self.think_seconds = 0.0
         self.control_connections = 0
         self.data_connections = 0
 
@@ -55,6 +58,7 @@ class Stats:
             "commands": dict(self.commands),
             "commands_total": sum(self.commands.values()),
             "turns": self.turns,
+            "think_seconds": round(self.think_seconds, 3),
             "control_connections": self.control_connections,
             "data_connections": self.data_connections,
         }
@@ -151,6 +155,8 @@ class Side(asyncio.Protocol):
 
     def deliver(self, data: bytes | None) -> None:
         assert self.transport is not None
+        if self is self.link.client:
+            self.link.delivered_at = self.link.loop.time()
         if data is not None:
             self.transport.write(data)
             return
@@ -175,6 +181,7 @@ class Link:
         self._lines = b""  # the client's unfinished command line
         self._replies = b""  # the server's unfinished reply line
         self._server_spoke = True  # the banner comes first: the first command is a turn
+        self.delivered_at = self.loop.time()  # when the client last got bytes from the server
 
     def inspect(self, side: Side, data: bytes) -> bytes:
         """Count commands; rewrite passive replies (only whole reply lines are passed on)."""
@@ -184,6 +191,8 @@ class Link:
         if side is self.client:
             if self._server_spoke:
                 stats.turns += 1
+                # The client's own time before it answered (its work, not the network's).
+                stats.think_seconds += self.loop.time() - self.delivered_at
                 self._server_spoke = False
             self._lines += data
             *lines, self._lines = self._lines.split(b"\n")

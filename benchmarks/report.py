@@ -107,6 +107,12 @@ def _ftp_costs(records: list[dict[str, Any]], sessions: int) -> dict[str, Any]:
         "turns_per_file": round(
             statistics.median(r["ftp"]["turns"] / r["files"] for r in records), 2
         ),
+        "think_ms_per_file": round(
+            statistics.median(
+                1000 * r["ftp"].get("think_seconds", 0) / r["files"] for r in records
+            ),
+            2,
+        ),
         "command_mix": {
             verb: round(statistics.median(c.get(verb, 0) for c in per_file), 2) for verb in verbs
         },
@@ -442,12 +448,14 @@ def _latency_tables(rows: list[dict[str, Any]]) -> list[str]:
             f"### {base}: what a file costs",
             "",
             "Per file: FTP commands; the client's turns on its control connections (commands "
-            "sent together count once); and round trips = sessions x seconds / files / RTT (all "
+            "sent together count once); think ms: the client's own time between a reply "
+            "reaching it and its next command, summed (not the network's); and round trips = "
+            "sessions x seconds / files / RTT (all "
             "of a file's wall time at the largest delay, in RTTs: data connections, waits and "
             "local work included). Commands by verb from the largest delay's runs.",
             "",
-            "| tool | direction | commands | turns | round trips | commands by verb |",
-            "|---|---|---|---|---|---|",
+            "| tool | direction | commands | turns | round trips | think ms | commands by verb |",
+            "|---|---|---|---|---|---|---|",
         ]
         top = delays[-1]
         for tool in tools:
@@ -460,7 +468,8 @@ def _latency_tables(rows: list[dict[str, Any]]) -> list[str]:
                 )
                 out.append(
                     f"| {TOOL_TITLES[tool]} | {direction} | {row['commands_per_file']} | "
-                    f"{row['turns_per_file']} | {row.get('round_trips_per_file', '-')} | {mix} |"
+                    f"{row['turns_per_file']} | {row.get('round_trips_per_file', '-')} | "
+                    f"{row['think_ms_per_file']} | {mix} |"
                 )
         out.append("")
     return out

@@ -282,6 +282,7 @@ class FTPSession(SessionLifecycle):
                 self.announced_size = announced if announced is not None else sized
                 try:
                     async with wire.StallWatch(self.stall_timeout) as watch:
+                        await wire.connected(sock)
                         await wire.receive(sock, self.block_size, on_block, watch)
                 except TimeoutError:
                     raise self._stalled(path) from None
@@ -310,6 +311,7 @@ class FTPSession(SessionLifecycle):
                 async with asyncio.timeout(self._command_timeout):
                     self.control.send(f"STOR {path}")
                     if early:
+                        await wire.connected(sock)  # STOR is on its way meanwhile
                         if held:
                             offset = _send_now(sock, held[0])
                             if offset == len(held[0]) and len(held) == 1 and not exhausted:
@@ -337,6 +339,7 @@ class FTPSession(SessionLifecycle):
                     rest = _chain(held, offset, None if exhausted else blocks)
                     try:
                         async with wire.StallWatch(self.stall_timeout) as watch:
+                            await wire.connected(sock)
                             await wire.send(sock, rest, watch)
                     except TimeoutError:
                         raise self._stalled(path) from None
@@ -352,15 +355,15 @@ class FTPSession(SessionLifecycle):
             return
 
     async def _data_socket(self, *, fresh: bool = False) -> tuple[socket.socket, bool]:
-        """A connected data socket, and whether its port was asked for ahead (a fresh EPSV or
-        PASV otherwise)."""
+        """A data socket whose connect has begun (see :func:`pools.wire.start_connect`), and
+        whether its port was asked for ahead (a fresh EPSV or PASV otherwise)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None and not fresh and self._clock() - ahead[1] <= AHEAD_MAX_AGE_SECONDS:
             try:
-                return await self._connect_data(ahead[0]), True
+                return self._start_data(ahead[0]), True
             except OSError as exc:
                 self._learned("passive_ahead", False, exc)
-        return await self._open_passive(), False
+        return self._start_data(await self._passive_port()), False
 
     async def _final_reply(self, *, ask_ahead: bool) -> None:
         """The transfer's final reply (2xx, else StatusCodeError). With ``ask_ahead`` (and the
@@ -393,7 +396,7 @@ class FTPSession(SessionLifecycle):
             if not (second.startswith("2") and not wire.is_passive_reply(second)):
                 wire.check(code, info, "2xx")
 
-    async def _open_passive(self) -> socket.socket:
+    async def _passive_port(self) -> int:
         try:
             info = await self.control.command(self._passive, "2xx")
         except aioftp.StatusCodeError as exc:
@@ -401,12 +404,12 @@ class FTPSession(SessionLifecycle):
                 raise
             self._passive = "PASV"  # no EPSV here (RFC 2428 is optional)
             info = await self.control.command(self._passive, "2xx")
-        return await self._connect_data(wire.passive_port(self._passive, info))
+        return wire.passive_port(self._passive, info)
 
-    async def _connect_data(self, port: int) -> socket.socket:
+    def _start_data(self, port: int) -> socket.socket:
         assert self._peer is not None
         family, peer = self._peer
-        return await wire.open_data_socket(family, (peer[0], port, *peer[2:]))
+        return wire.start_connect(family, (peer[0], port, *peer[2:]))
 
     def _take_ahead(self, code: str, info: list[str]) -> None:
         """Keep the port of a passive command sent ahead for the next transfer."""

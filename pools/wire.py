@@ -12,6 +12,8 @@ event loop's ``sock_*`` calls (no transport, protocol and stream objects per fil
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,15 +155,52 @@ def passive_port(command: str, info: list[str]) -> int:
 async def open_data_socket(family: int, address: tuple[Any, ...]) -> socket.socket:
     """A connected, non-blocking TCP socket to the server's passive port (an address of the
     control connection's family, so no name lookup per transfer)."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = start_connect(family, address)
     try:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, address)
+        await connected(sock)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def start_connect(family: int, address: tuple[Any, ...]) -> socket.socket:
+    """A non-blocking socket whose connect to ``address`` has begun (or failed at once, e.g.
+    refused on this host: then OSError). The caller may send the transfer command before the
+    handshake is done (it then costs no round trip of its own) and awaits :func:`connected`
+    before using the socket."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            raise OSError(error, os.strerror(error))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def connected(sock: socket.socket) -> None:
+    """Until ``sock``'s connect has finished (at once when it already has); its error, if any,
+    as OSError."""
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error == 0:
+        try:
+            sock.getpeername()
+            return
+        except OSError:
+            pass  # still in progress
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_writer(sock.fileno(), ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(sock.fileno())
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
 
 
 class StallWatch:

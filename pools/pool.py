@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable
@@ -13,6 +14,9 @@ from pools.circuit import CircuitBreaker
 
 # How many recent session returns the hand-back rate of a connection is estimated from.
 RATE_WINDOW = 32
+# How long a new connection's sessions may take to greet before its line counts as stuck (a
+# greeting is one round trip: far below this even across the world; a black hole never greets).
+GREETING_GRACE_SECONDS = 1.0
 
 
 class Session(Protocol):
@@ -179,26 +183,31 @@ class SessionPool(Generic[S]):
         self._returned.append(now)
         self._last_moved = now
 
-    def handed_out(self, now: float) -> None:
-        """A waiter got a session: the line moved."""
+    def moved(self, now: float) -> None:
+        """A waiter got a session, or a new session logged in: the line moved."""
         self._last_moved = now
 
     def expected_wait(self, now: float) -> float:
         """Seconds a task joining the line now would wait for a session.
 
-        At the pace sessions came back lately (the time between returns, so a pause between
-        bursts does not count), and at least as long as the line has not moved. Infinite while
-        no session of the server has even greeted (a dead or black-holed server). A server that
-        greeted but has no pace yet (its first transfers, slow only by latency) waits as long as
-        the line has stood still: its tasks join the line, and are parked only if it then stops.
-        """
+        At the pace sessions came back lately (the median time between returns, so a pause
+        between bursts does not count), and at least as long as the line has not moved. A
+        server that greeted but has no pace yet (its first transfers, slow only by latency) is
+        judged by how long its line has stood still. Infinite when no session of the server
+        has greeted within GREETING_GRACE_SECONDS of being opened (a dead or black-holed
+        server)."""
+        still = now - (self._last_moved or now)
         if len(self._returned) >= 2:
-            per_return = (self._returned[-1] - self._returned[0]) / (len(self._returned) - 1)
+            times = list(self._returned)
+            gaps = sorted(b - a for a, b in itertools.pairwise(times))
+            per_return = gaps[len(gaps) // 2]
         elif any(s.server_answered for s in self.sessions):
             per_return = 0.0
+        elif still <= GREETING_GRACE_SECONDS:
+            return still
         else:
             return math.inf
-        return max((len(self.waiters) + 1) * per_return, now - (self._last_moved or now))
+        return max((len(self.waiters) + 1) * per_return, still)
 
     def new_session(self) -> S:
         """Add a not-yet-connected session (counts against the cap while it connects)."""

@@ -14,6 +14,9 @@ from pools.circuit import CircuitBreaker
 
 # How many recent session returns the hand-back rate of a connection is estimated from.
 RATE_WINDOW = 32
+# Returns needed before their pace is trusted: the first few of a new connection come while its
+# sessions are still logging in, far apart (at 30 ms RTT 181 waiters x 60 ms looked like 11 s).
+RATE_MIN_SAMPLES = 8
 # How long a new connection's sessions may take to greet before its line counts as stuck (a
 # greeting is one round trip: far below this even across the world; a black hole never greets).
 GREETING_GRACE_SECONDS = 1.0
@@ -191,17 +194,17 @@ class SessionPool(Generic[S]):
         """Seconds a task joining the line now would wait for a session.
 
         At the pace sessions came back lately (the median time between returns, so a pause
-        between bursts does not count), and at least as long as the line has not moved. A
-        server that greeted but has no pace yet (its first transfers, slow only by latency) is
-        judged by how long its line has stood still. Infinite when no session of the server
-        has greeted within GREETING_GRACE_SECONDS of being opened (a dead or black-holed
-        server)."""
+        between bursts does not count; from RATE_MIN_SAMPLES returns on), and at least as long
+        as the line has not moved. A server that greeted but has no pace yet (its first
+        transfers, slow only by latency) is judged by how long its line has stood still.
+        Infinite when no session of the server has greeted within GREETING_GRACE_SECONDS of
+        being opened (a dead or black-holed server)."""
         still = now - (self._last_moved or now)
-        if len(self._returned) >= 2:
+        if len(self._returned) >= RATE_MIN_SAMPLES:
             times = list(self._returned)
             gaps = sorted(b - a for a, b in itertools.pairwise(times))
             per_return = gaps[len(gaps) // 2]
-        elif any(s.server_answered for s in self.sessions):
+        elif self._returned or any(s.server_answered for s in self.sessions):
             per_return = 0.0
         elif still <= GREETING_GRACE_SECONDS:
             return still

@@ -326,7 +326,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{row['load_1min'][0]}-{row['load_1min'][1]} |"
             )
         out.append("")
-    out += _latency_tables(rows)
+    out += _latency_tables(rows, variants)
     if len(variants) > 1:
         out += ["## Variants", "", "| server | set | direction | tool | " + " | ".join(variants)]
         out[-1] += " |"
@@ -401,7 +401,7 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _latency_tables(rows: list[dict[str, Any]]) -> list[str]:
+def _latency_tables(rows: list[dict[str, Any]], variants: list[str]) -> list[str]:
     """Files/s at each one-way delay, and what each file costs each tool in FTP commands and
     round trips (from the proxy's counts)."""
     proxied = [r for r in rows if "one_way_ms" in r and "median" in r]
@@ -412,62 +412,67 @@ def _latency_tables(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "Every chunk delayed by the one-way time both ways, control and data connections "
         "(`benchmarks/latency.py`); RTT = 2 x one-way. Cells: files/s, median (min-max). "
-        "`ratio` is FTP Pooler's drain over the best peer at that delay.",
+        "`ratio`: FTP Pooler's drain over the best peer at that delay.",
         "",
     ]
-    tools = [t for t in ("pooler", *PEERS) if any(r["tool"] == t for r in proxied)]
+    columns: list[tuple[str, str | None]] = [
+        ("pooler", v) for v in variants if any(r["variant"] == v for r in proxied)
+    ]
+    columns += [(t, None) for t in PEERS if any(r["tool"] == t for r in proxied)]
+    ours = [c for c in columns if c[0] == "pooler"]
+
+    def title(tool: str, variant: str | None) -> str:
+        name = TOOL_TITLES[tool]
+        return f"{name} [{variant}]" if variant and len(ours) > 1 else name
+
     bases = sorted({r["server"].split("+", 1)[0] for r in proxied})
     for base in bases:
         mine = [r for r in proxied if r["server"].startswith(base + "+")]
         delays = sorted({r["one_way_ms"] for r in mine})
-        out += [
-            f"### {base}: files/s",
-            "",
-            "| one-way ms | direction | "
-            + " | ".join(TOOL_TITLES[t] for t in tools)
-            + " | best peer | ratio |",
-            "|" + "---|" * (len(tools) + 4),
-        ]
+        header = ["one-way ms", "direction", *(title(t, v) for t, v in columns), "best peer"]
+        header += [f"ratio [{v}]" if len(ours) > 1 else "ratio" for _t, v in ours]
+        out += [f"### {base}: files/s", "", "| " + " | ".join(header) + " |"]
+        out.append("|" + "---|" * len(header))
         for delay in delays:
             for direction in ("download", "upload"):
-                cells = []
-                for tool in tools:
-                    row = _one(mine, delay, direction, tool)
-                    cells.append(_cell(row))
-                peers = [_one(mine, delay, direction, t) for t in PEERS]
+                cells = [_cell(_one(mine, delay, direction, t, v)) for t, v in columns]
+                peers = [_one(mine, delay, direction, t, None) for t in PEERS]
                 best = max((p for p in peers if p), key=lambda p: p["median"], default=None)
-                ours = _one(mine, delay, direction, "pooler")
-                ratio = f"{ours['median'] / best['median']:.2f}" if ours and best else "-"
+                ratios = []
+                for _t, v in ours:
+                    row = _one(mine, delay, direction, "pooler", v)
+                    ratios.append(f"{row['median'] / best['median']:.2f}" if row and best else "-")
                 out.append(
                     f"| {delay:g} | {direction} | "
                     + " | ".join(cells)
-                    + f" | {best['tool'] if best else '-'} | {ratio} |"
+                    + f" | {best['tool'] if best else '-'} | "
+                    + " | ".join(ratios)
+                    + " |"
                 )
+        top = delays[-1]
         out += [
             "",
-            f"### {base}: what a file costs",
+            f"### {base}: what a file costs (at {top:g} ms one-way)",
             "",
             "Per file: FTP commands; the client's turns on its control connections (commands "
-            "sent together count once); think ms: the client's own time between a reply "
-            "reaching it and its next command, summed (not the network's); and round trips = "
-            "sessions x seconds / files / RTT (all "
-            "of a file's wall time at the largest delay, in RTTs: data connections, waits and "
-            "local work included). Commands by verb from the largest delay's runs.",
+            "sent together count once); round trips = sessions x seconds / files / RTT (all of "
+            "a file's wall time, in RTTs: data connections, waits, local work and start-up "
+            "included); think ms: the client's own time between a reply reaching it and its "
+            "next command, summed (its work, not the network's).",
             "",
             "| tool | direction | commands | turns | round trips | think ms | commands by verb |",
             "|---|---|---|---|---|---|---|",
         ]
-        top = delays[-1]
-        for tool in tools:
+        for tool, variant in columns:
             for direction in ("download", "upload"):
-                row = _one(mine, top, direction, tool)
+                row = _one(mine, top, direction, tool, variant)
                 if row is None:
                     continue
                 mix = ", ".join(
                     f"{verb} {n:g}" for verb, n in row["command_mix"].items() if n >= 0.01
                 )
                 out.append(
-                    f"| {TOOL_TITLES[tool]} | {direction} | {row['commands_per_file']} | "
+                    f"| {title(tool, variant)} | {direction} | {row['commands_per_file']} | "
                     f"{row['turns_per_file']} | {row.get('round_trips_per_file', '-')} | "
                     f"{row['think_ms_per_file']} | {mix} |"
                 )
@@ -475,9 +480,13 @@ def _latency_tables(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _one(rows: list[dict[str, Any]], delay: float, direction: str, tool: str) -> Any:
+def _one(
+    rows: list[dict[str, Any]], delay: float, direction: str, tool: str, variant: str | None
+) -> Any:
     for row in rows:
-        if row["one_way_ms"] == delay and row["direction"] == direction and row["tool"] == tool:
+        if (row["one_way_ms"], row["direction"], row["tool"]) == (delay, direction, tool) and (
+            variant is None or row["variant"] == variant
+        ):
             return row
     return None
 

@@ -10,18 +10,23 @@ from pathlib import Path
 from benchmarks.datasets import DataSet
 from benchmarks.servers import FtpServer
 
-PEERS = ("lftp", "rclone", "curl")
+PEERS = ("lftp", "lftp-async", "rclone", "curl")
 SESSIONS = 10
 
 
+def _program(peer: str) -> str:
+    return peer.split("-", 1)[0]  # lftp-async is lftp with other settings
+
+
 def available(peer: str) -> bool:
-    return shutil.which(peer) is not None
+    return shutil.which(_program(peer)) is not None
 
 
 def version(peer: str) -> str:
     """e.g. "lftp 4.9.2", "rclone v1.60.1-DEV", "curl 7.88.1"."""
-    flag = {"lftp": "--version", "rclone": "version", "curl": "--version"}[peer]
-    out = subprocess.run([peer, flag], capture_output=True, text=True, check=False).stdout
+    program = _program(peer)
+    flag = {"lftp": "--version", "rclone": "version", "curl": "--version"}[program]
+    out = subprocess.run([program, flag], capture_output=True, text=True, check=False).stdout
     first = out.splitlines()[0] if out else ""
     found = re.search(r"v?\d+\.\d+[\w.+-]*", first)
     return f"{peer} {found.group(0) if found else 'unknown'}"
@@ -41,6 +46,8 @@ def commands(
     """
     if peer == "lftp":
         return [_lftp(server, direction, local_dir, remote_dir)]
+    if peer == "lftp-async":
+        return [_lftp(server, direction, local_dir, remote_dir, pipelined=True)]
     if peer == "rclone":
         return [_rclone(server, direction, local_dir, remote_dir, scratch)]
     if peer == "curl":
@@ -48,16 +55,22 @@ def commands(
     raise ValueError(f"unknown peer {peer!r}")
 
 
-def _lftp(server: FtpServer, direction: str, local_dir: Path, remote_dir: str) -> list[str]:
+def _lftp(
+    server: FtpServer, direction: str, local_dir: Path, remote_dir: str, pipelined: bool = False
+) -> list[str]:
+    """``pipelined``: lftp at its fastest over latency, ``ftp:sync-mode off`` (commands sent
+    without waiting for each reply) and ``mirror --no-perms`` (no SITE CHMOD per upload)."""
+    options = " --no-perms" if pipelined else ""
     if direction == "download":
-        mirror = f"mirror --parallel={SESSIONS} {remote_dir} {local_dir}"
+        mirror = f"mirror{options} --parallel={SESSIONS} {remote_dir} {local_dir}"
     else:
-        mirror = f"mirror -R --parallel={SESSIONS} {local_dir} {remote_dir}"
+        mirror = f"mirror -R{options} --parallel={SESSIONS} {local_dir} {remote_dir}"
     script = "; ".join(
         [
             "set cmd:fail-exit yes",
             "set ftp:ssl-allow no",  # neither server offers TLS: skip the AUTH round trip
             "set net:max-retries 1",
+            f"set ftp:sync-mode {'off' if pipelined else 'on'}",
             f"open -u {server.user},{server.password} -p {server.port} {server.host}",
             mirror,
         ]

@@ -40,12 +40,14 @@ from typing import Any
 
 from benchmarks import datasets, memory, peers, report
 from benchmarks.datasets import DataSet
+from benchmarks.latency import LatencyProxy
 from benchmarks.measure import HostCpu, loadavg, run_commands
 from benchmarks.pooler import PoolerRun, Variant, run_pooler
-from benchmarks.servers import REPO, SERVERS, FtpServer
+from benchmarks.servers import REPO, SERVERS, FtpServer, Proxied
 
 POOLER_TOOLS = ("pooler", "pooler-stream", "pooler-nopool")
 ALL_TOOLS = (*POOLER_TOOLS, *peers.PEERS)
+LATENCY_TOOLS = ("pooler", *peers.PEERS)
 NOPOOL_SETTING = ("pool", "reuse_sessions")
 # Without --variant, FTP Pooler runs in both processing guarantees, in the same rotation, so the
 # cost of exactly_once (transactions) is measured against at_least_once on the same host and files.
@@ -64,6 +66,9 @@ class Bench:
         self.runs_dir = self.workdir / "runs"
         self.trash = self.workdir / "trash"
         self.sets: dict[str, DataSet] = datasets.SMOKE if args.smoke else datasets.FULL
+        self.latency_set = datasets.DataSet(
+            "small", args.latency_files, 4 * datasets.KIB, "files/s"
+        )
         self.records: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.variants = [Variant(**_variant_args(v)) for v in args.variant] or [
@@ -105,6 +110,10 @@ class Bench:
             "bytes": dataset.total_bytes,
             "loadavg_before": loadavg(),
         }
+        proxy = server.proxy if isinstance(server, Proxied) else None
+        if proxy is not None:
+            record["one_way_ms"] = proxy.delay_ms
+            proxy.stats(reset=True)
         host_cpu = HostCpu()
         server_cpu = server.cpu_seconds()
         try:
@@ -134,6 +143,8 @@ class Bench:
         except Exception as exc:
             record.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         record["host_cpu_busy"] = host_cpu.busy_fraction()
+        if proxy is not None:
+            record["ftp"] = proxy.stats()  # what the clients said on their control connections
         time.sleep(0.3)  # let the server reap its session processes before reading its CPU
         record["server_cpu_seconds"] = round(server.cpu_seconds() - server_cpu, 2)
         landed = out if direction == "download" else up_path
@@ -210,17 +221,38 @@ class Bench:
         root = self.workdir / "servers" / server_name / "root"
         shutil.rmtree(root / "up", ignore_errors=True)
         server = SERVERS[server_name](root, self.workdir / "servers" / server_name)
-        for dataset in self.selected_sets():
+        linked = self.selected_sets() if self.args.matrix else []
+        for dataset in [*linked, *([self.latency_set] if self.args.latency else [])]:
             datasets.link_tree(self.data_dir / dataset.key, root / dataset.key)
         with server:
             self.server_versions[server.name] = server.version()
-            for dataset in self.selected_sets():
+            for dataset in self.selected_sets() if self.args.matrix else []:
                 for direction in self.args.directions:
                     self.run_cell(server, dataset, direction)
+            for delay in self.args.latency:
+                self.run_latency(server, delay)
 
-    def run_cell(self, server: FtpServer, dataset: DataSet, direction: str) -> None:
+    def run_latency(self, server: FtpServer, delay_ms: float) -> None:
+        """The latency cells: the same server behind the delay proxy, SMALL-like files."""
+        dataset = self.latency_set
+        print(f"bench: {server.name} behind {delay_ms:g} ms one-way ({dataset.describe()})")
+        proxy = LatencyProxy((server.host, server.port), delay_ms)
+        try:
+            proxied = Proxied(server, proxy)
+            for direction in self.args.directions:
+                self.run_cell(proxied, dataset, direction, tools=self.args.latency_tools)
+        finally:
+            proxy.stop()
+
+    def run_cell(
+        self,
+        server: FtpServer | Proxied,
+        dataset: DataSet,
+        direction: str,
+        tools: list[str] | None = None,
+    ) -> None:
         plan: list[tuple[str, Variant | None]] = []
-        for tool in self.args.tools:
+        for tool in tools or self.args.tools:
             if tool in POOLER_TOOLS:
                 if tool == "pooler-nopool" and dataset.name != "small":
                     continue  # the pooling baseline is about many small files
@@ -233,7 +265,8 @@ class Bench:
         for repeat in range(1, self.args.repeats + 1):
             shift = (repeat - 1) % len(plan)
             for tool, planned in plan[shift:] + plan[:shift]:
-                self.measure(server, dataset, direction, tool, planned, repeat)
+                # A Proxied server answers for the FtpServer it wraps (same files, account).
+                self.measure(server, dataset, direction, tool, planned, repeat)  # type: ignore[arg-type]
 
     def _nopool_supported(self, variant: Variant) -> bool:
         if variant.label not in self.nopool:
@@ -344,6 +377,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", action="append", default=[], help="JSON, see above")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--matrix", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--latency",
+        type=_floats,
+        default=[],
+        help="one-way delays in ms (e.g. 0,5,15): SMALL-like cells behind the delay proxy",
+    )
+    parser.add_argument("--latency-files", type=int, default=500, help="4 KiB files per cell")
+    parser.add_argument("--latency-tools", type=_csv, default=list(LATENCY_TOOLS))
     parser.add_argument("--profile-dir", type=Path, help="py-spy every `pooler` run into here")
     parser.add_argument("--name", help="results file name (default <date>-<host>)")
     args = parser.parse_args(argv)
@@ -352,6 +393,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.servers = args.servers or (["vsftpd"] if args.smoke else list(SERVERS))
     args.tools = args.tools or (["pooler", "lftp"] if args.smoke else list(ALL_TOOLS))
     return args
+
+
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in _csv(text)]
 
 
 def _csv(text: str) -> list[str]:
@@ -374,10 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: emptying the trash of an earlier run, then 60 s for ext4", flush=True)
         bench.empty_trash()
         time.sleep(60)
-    for dataset in bench.selected_sets():
+    wanted = bench.selected_sets() if args.matrix else []
+    if args.latency:
+        wanted.append(bench.latency_set)
+    for dataset in wanted:
         print(f"bench: data set {dataset.name} ({dataset.describe()})", flush=True)
         datasets.ensure(dataset, bench.data_dir)
-    for server_name in args.servers if args.matrix else []:
+    for server_name in args.servers if args.matrix or args.latency else []:
         print(f"bench: server {server_name}", flush=True)
         bench.run_server(server_name)
     memory_results = []

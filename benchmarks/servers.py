@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.latency import LatencyProxy
 from benchmarks.measure import ProcStats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,3 +206,27 @@ class Pyftpdlib(FtpServer):
 
 
 SERVERS: dict[str, type[FtpServer]] = {"vsftpd": Vsftpd, "pyftpdlib": Pyftpdlib}
+
+
+class Proxied:
+    """A running server seen through a latency proxy (benchmarks.latency): same files, account
+    and CPU accounting; ``host``/``port`` are the proxy's. Its name carries the delay."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, server: FtpServer, proxy: LatencyProxy) -> None:
+        self.server = server
+        self.proxy = proxy
+        self.name = f"{server.name}+{proxy.delay_ms:g}ms"
+        self.base_name = server.name
+        self.one_way_ms = proxy.delay_ms
+        self.port = proxy.port
+        self.root = server.root
+        self.user = server.user
+        self.password = server.password
+
+    def cpu_seconds(self) -> float:
+        return self.server.cpu_seconds()
+
+    def version(self) -> str:
+        return self.server.version()

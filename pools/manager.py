@@ -242,6 +242,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
             pool.breaker.on_cancelled()
             raise
         pool.breaker.on_success()
+        pool.moved(self._clock())  # a login counts as progress (yescrypt on a busy server)
         session.acquired()
         log.info("session_opened", connection=pool.conn_id, open=pool.open)
         return True
@@ -297,6 +298,7 @@ class SessionPoolManager(mode.Service, Generic[S]):
                 if session is None:
                     continue
                 pool.waiters.popleft()
+                pool.moved(now)
                 session.acquired()  # an idle one is BUSY from now; a new one once logged in
                 waiter.session = session
                 waiter.event.set()

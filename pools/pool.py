@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable
@@ -13,6 +14,12 @@ from pools.circuit import CircuitBreaker
 
 # How many recent session returns the hand-back rate of a connection is estimated from.
 RATE_WINDOW = 32
+# Returns needed before their pace is trusted: the first few of a new connection come while its
+# sessions are still logging in, far apart (at 30 ms RTT 181 waiters x 60 ms looked like 11 s).
+RATE_MIN_SAMPLES = 8
+# How long a new connection's sessions may take to greet before its line counts as stuck (a
+# greeting is one round trip: far below this even across the world; a black hole never greets).
+GREETING_GRACE_SECONDS = 1.0
 
 
 class Session(Protocol):
@@ -21,6 +28,7 @@ class Session(Protocol):
     session's state itself (see :class:`pools.state.SessionLifecycle`)."""
 
     last_used: float
+    server_answered: bool
 
     @property
     def is_connecting(self) -> bool: ...
@@ -99,6 +107,7 @@ class SessionPool(Generic[S]):
         self.pushback_until = 0.0
         self.pushbacks_total = 0
         self._returned: deque[float] = deque(maxlen=RATE_WINDOW)  # when sessions came back
+        self._last_moved = 0.0  # when the line last moved: a session handed out or returned
         self.breaker = breaker or CircuitBreaker(conn_id)
 
     def __repr__(self) -> str:
@@ -175,16 +184,33 @@ class SessionPool(Generic[S]):
     def session_returned(self, now: float) -> None:
         """A task gave its session back (reused or closed): the line moved."""
         self._returned.append(now)
+        self._last_moved = now
+
+    def moved(self, now: float) -> None:
+        """A waiter got a session, or a new session logged in: the line moved."""
+        self._last_moved = now
 
     def expected_wait(self, now: float) -> float:
-        """Seconds a task joining the line now would wait for a session, at the rate sessions
-        came back lately; infinite while none has (a new connection, or one that is stuck)."""
-        if not self._returned:
+        """Seconds a task joining the line now would wait for a session.
+
+        At the pace sessions came back lately (the median time between returns, so a pause
+        between bursts does not count; from RATE_MIN_SAMPLES returns on), and at least as long
+        as the line has not moved. A server that greeted but has no pace yet (its first
+        transfers, slow only by latency) is judged by how long its line has stood still.
+        Infinite when no session of the server has greeted within GREETING_GRACE_SECONDS of
+        being opened (a dead or black-holed server)."""
+        still = now - (self._last_moved or now)
+        if len(self._returned) >= RATE_MIN_SAMPLES:
+            times = list(self._returned)
+            gaps = sorted(b - a for a, b in itertools.pairwise(times))
+            per_return = gaps[len(gaps) // 2]
+        elif self._returned or any(s.server_answered for s in self.sessions):
+            per_return = 0.0
+        elif still <= GREETING_GRACE_SECONDS:
+            return still
+        else:
             return math.inf
-        span = now - self._returned[0]
-        if span <= 0:
-            return 0.0
-        return (len(self.waiters) + 1) * span / len(self._returned)
+        return max((len(self.waiters) + 1) * per_return, still)
 
     def new_session(self) -> S:
         """Add a not-yet-connected session (counts against the cap while it connects)."""

@@ -9,11 +9,13 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 import aioftp
 import structlog
+from aioftp.common import Code
 
 from models.connections import FtpConnection
 from models.errors import TransferIOError
@@ -32,8 +34,45 @@ from pools.translate import (
 log = structlog.get_logger("ftp_pooler.session")
 
 QUIT_TIMEOUT_SECONDS = 2.0
+# A passive port asked for ahead (see ServerTraits) is used only this soon after: an idle
+# session's next transfer asks afresh rather than trust a listener the server may have dropped.
+AHEAD_MAX_AGE_SECONDS = 5.0
 
 T = TypeVar("T")
+
+
+@dataclass
+class ServerTraits:
+    """Which round-trip savings one server allows, learnt at run time, shared by the sessions
+    of a connection. Each starts allowed (or unknown) and is switched off for good the first
+    time the server answers in a way that shows it does not hold; none weakens a check (sizes
+    are still compared, uploads still renamed into place only after their SIZE matched).
+
+    - ``passive_ahead``: the next transfer's EPSV/PASV is sent before it is needed (right after
+      a download's data ended, before its final reply; with an upload's RNFR/RNTO). Off when a
+      server answers it out of order or refuses it, or the port it gave cannot be used.
+    - ``data_before_reply``: an upload's first bytes (a small file whole, then the end of its
+      data connection) are sent right after STOR, without waiting for the 150. Off when such an
+      upload then fails at the data connection (a 425/426).
+    - ``size_in_150``: the RETR 150 reply carries the byte count (vsftpd, ProFTPD). Where it
+      does not, a SIZE is sent together with each RETR instead of after it.
+    """
+
+    passive_ahead: bool = True
+    data_before_reply: bool = True
+    size_in_150: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_TRAITS: dict[tuple[str, str, int], ServerTraits] = {}
+
+
+def traits_of(connection: FtpConnection) -> ServerTraits:
+    """The traits learnt so far for ``connection``'s server (one record per id and address)."""
+    key = (connection.id, connection.host, connection.port)
+    return _TRAITS.setdefault(key, ServerTraits())
 
 
 class FTPSession(SessionLifecycle):
@@ -53,8 +92,11 @@ class FTPSession(SessionLifecycle):
         self.connection = connection
         self.block_size = block_size
         self.stall_timeout = stall_timeout
-        # The byte count the last RETR's 150 reply announced, when the server gives one.
+        # The byte count the server gave with the last RETR: its 150 reply, or a SIZE sent with
+        # it (see ServerTraits.size_in_150); None when it gave none.
         self.announced_size: int | None = None
+        self.traits = traits_of(connection)
+        self._ahead: tuple[int, float] | None = None  # a passive port asked ahead, and when
         self.replaced_by_delete = 0  # renames that had to delete an existing target first
         self._clock = clock
         self._connect_timeout = connect_timeout
@@ -120,6 +162,7 @@ class FTPSession(SessionLifecycle):
                         if conn.tls == "implicit" and exc.reason == "WRONG_VERSION_NUMBER":
                             raise cleartext_on_implicit_port(exc, self.where) from None
                         raise
+                    self.answered()  # its 220: the pool now knows the server is up
                     if conn.tls == "explicit":
                         try:
                             await self._client.upgrade_to_tls(self._tls)
@@ -175,11 +218,7 @@ class FTPSession(SessionLifecycle):
     async def retrieve(self, path: str, on_block: Callable[[bytes], Awaitable[None]]) -> None:
         """RETR ``path``, passing each block to ``on_block`` as it arrives."""
         if self._tls is None:
-
-            async def receive(sock: socket.socket, watch: wire.StallWatch) -> None:
-                await wire.receive(sock, self.block_size, on_block, watch)
-
-            await self._run("source", self._plain_transfer(f"RETR {path}", path, receive), path)
+            await self._run("source", self._plain_retrieve(path, on_block), path, bounded=False)
             return
 
         async def body() -> None:
@@ -198,11 +237,7 @@ class FTPSession(SessionLifecycle):
     async def store(self, path: str, blocks: AsyncIterator[bytes]) -> None:
         """STOR ``path`` from an async iterator of blocks."""
         if self._tls is None:
-
-            async def send(sock: socket.socket, watch: wire.StallWatch) -> None:
-                await wire.send(sock, blocks, watch)
-
-            await self._run("destination", self._plain_transfer(f"STOR {path}", path, send), path)
+            await self._run("destination", self._plain_store(path, blocks), path, bounded=False)
             return
 
         async def body() -> None:
@@ -215,38 +250,177 @@ class FTPSession(SessionLifecycle):
 
         await self._run("destination", body(), path, bounded=False)
 
-    async def _plain_transfer(
-        self,
-        command: str,
-        path: str,
-        move: Callable[[socket.socket, wire.StallWatch], Awaitable[None]],
-    ) -> None:
-        """RETR/STOR over a plain passive data connection (a bare socket, see pools.wire);
-        ``move`` receives or sends the bytes.
+    # Plain data connections (pools.wire: bare sockets). Opening one (EPSV/PASV, connect, the
+    # 1xx) and the final reply are each bounded by the command timeout, the bytes in between by
+    # the stall timeout. Round trips per file: see ServerTraits.
 
-        Opening it (EPSV/PASV, connect, the 1xx) and the final reply are each bounded by the
-        command timeout; the bytes in between by the stall timeout.
-        """
+    async def _plain_retrieve(
+        self, path: str, on_block: Callable[[bytes], Awaitable[None]]
+    ) -> None:
         self.announced_size = None
+        ask_size = self.traits.size_in_150 is False
+        for last_try in (False, True):
+            async with asyncio.timeout(self._command_timeout):
+                sock, ahead = await self._data_socket(fresh=last_try)
+            try:
+                async with asyncio.timeout(self._command_timeout):
+                    self.control.send(*([f"SIZE {path}"] if ask_size else []), f"RETR {path}")
+                    sized = None
+                    if ask_size:
+                        code, info = await self.control.raw_reply()
+                        sized = _size_of("SIZE", info) if code == "213" else None
+                    try:
+                        preliminary = await self.control.reply("1xx")
+                    except aioftp.StatusCodeError as exc:
+                        if ahead and not last_try and _no_data_connection(exc):
+                            self._learned("passive_ahead", False, exc)
+                            continue  # RETR did not start: once more on a fresh port
+                        raise
+                announced = wire.announced_size(preliminary)
+                if self.traits.size_in_150 is None:
+                    self._learned("size_in_150", announced is not None, preliminary)
+                self.announced_size = announced if announced is not None else sized
+                try:
+                    async with wire.StallWatch(self.stall_timeout) as watch:
+                        await wire.connected(sock)
+                        await wire.receive(sock, self.block_size, on_block, watch)
+                except TimeoutError:
+                    raise self._stalled(path) from None
+            finally:
+                sock.close()
+            await self._final_reply(ask_ahead=True)
+            return
+
+    async def _plain_store(self, path: str, blocks: AsyncIterator[bytes]) -> None:
+        # Blocks taken from ``blocks`` before the 150 are kept, so a try that failed before the
+        # server started the transfer can be made again; after the 150 the rest is streamed.
+        held: list[bytes] = []
+        exhausted = False
+        first = await anext(blocks, None)
+        if first is None:
+            exhausted = True
+        else:
+            held.append(first)
+        for last_try in (False, True):
+            async with asyncio.timeout(self._command_timeout):
+                sock, ahead = await self._data_socket(fresh=last_try)
+            early = self.traits.data_before_reply and not last_try
+            try:
+                sent_all = False
+                offset = 0  # bytes of held[0] already on their way
+                async with asyncio.timeout(self._command_timeout):
+                    self.control.send(f"STOR {path}")
+                    if early:
+                        await wire.connected(sock)  # STOR is on its way meanwhile
+                        if held:
+                            offset = _send_now(sock, held[0])
+                            if offset == len(held[0]) and len(held) == 1 and not exhausted:
+                                more = await anext(blocks, None)
+                                if more is None:
+                                    exhausted = True
+                                else:
+                                    held.append(more)
+                            sent_all = offset == len(held[0]) and len(held) == 1 and exhausted
+                        else:
+                            sent_all = True  # an empty file: the data connection just ends
+                        if sent_all:
+                            sock.close()
+                    try:
+                        await self.control.reply("1xx")
+                    except aioftp.StatusCodeError as exc:
+                        if (ahead or early) and not last_try and _no_data_connection(exc):
+                            # STOR did not start: once more on a fresh port, data after the 150
+                            self._learned(
+                                "passive_ahead" if ahead else "data_before_reply", False, exc
+                            )
+                            continue
+                        raise
+                if not sent_all:
+                    rest = _chain(held, offset, None if exhausted else blocks)
+                    try:
+                        async with wire.StallWatch(self.stall_timeout) as watch:
+                            await wire.connected(sock)
+                            await wire.send(sock, rest, watch)
+                    except TimeoutError:
+                        raise self._stalled(path) from None
+            finally:
+                sock.close()  # the end of an upload's data
+            try:
+                await self._final_reply(ask_ahead=False)
+            except aioftp.StatusCodeError as exc:
+                if sent_all and early and not last_try and _no_data_connection(exc):
+                    self._learned("data_before_reply", False, exc)
+                    continue  # the whole file is still held: once more, data after the 150
+                raise
+            return
+
+    async def _plain_listing(
+        self,
+        line: str,
+        path: str,
+        receive: Callable[[socket.socket, wire.StallWatch], Awaitable[None]],
+    ) -> None:
+        """A listing (MLSD/LIST) over a fresh plain data connection, none of the per-file
+        overlaps: listings are rare, and their data ends when the server closes it."""
         async with asyncio.timeout(self._command_timeout):
-            sock = await self._open_passive()
+            sock, _ = await self._data_socket(fresh=True)
         try:
             async with asyncio.timeout(self._command_timeout):
-                preliminary = await self.control.command(command, "1xx")
-            self.announced_size = wire.announced_size(preliminary)
+                self.control.send(line)
+                await self.control.reply("1xx")
             try:
                 async with wire.StallWatch(self.stall_timeout) as watch:
-                    await move(sock, watch)
+                    await wire.connected(sock)
+                    await receive(sock, watch)
             except TimeoutError:
                 raise self._stalled(path) from None
         finally:
-            sock.close()  # the end of an upload's data
-        async with asyncio.timeout(self._command_timeout):
-            await self.control.reply("2xx")
+            sock.close()
+        await self._final_reply(ask_ahead=False)
 
-    async def _open_passive(self) -> socket.socket:
-        assert self._peer is not None
-        family, peer = self._peer
+    async def _data_socket(self, *, fresh: bool = False) -> tuple[socket.socket, bool]:
+        """A data socket whose connect has begun (see :func:`pools.wire.start_connect`), and
+        whether its port was asked for ahead (a fresh EPSV or PASV otherwise)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not fresh and self._clock() - ahead[1] <= AHEAD_MAX_AGE_SECONDS:
+            try:
+                return self._start_data(ahead[0]), True
+            except OSError as exc:
+                self._learned("passive_ahead", False, exc)
+        return self._start_data(await self._passive_port()), False
+
+    async def _final_reply(self, *, ask_ahead: bool) -> None:
+        """The transfer's final reply (2xx, else StatusCodeError). With ``ask_ahead`` (and the
+        server allowing it) the next transfer's EPSV/PASV is sent first, without waiting for
+        that reply: its answer is kept for the next transfer when it comes after the final reply
+        and is a passive reply; anything else switches the trait off."""
+        ask = ask_ahead and self.traits.passive_ahead
+        if ask:
+            self.control.send(self._passive)
+        async with asyncio.timeout(self._command_timeout):
+            code, info = await self.control.raw_reply()
+            if not ask:
+                wire.check(code, info, "2xx")
+                return
+            second, second_info = await self.control.raw_reply()
+        if wire.is_passive_reply(second) and not wire.is_passive_reply(code):
+            wire.check(code, info, "2xx")  # the usual order
+            self._take_ahead(second, second_info)
+            return
+        # Out of order, or refused: the transfer's reply is the one that is not a passive reply
+        # nor an answer to the passive command; the port is not used.
+        self._learned("passive_ahead", False, [code, *info, second, *second_info])
+        if wire.is_passive_reply(code):
+            wire.check(second, second_info, "2xx")
+        elif code.startswith("2"):
+            pass  # transfer done; the passive command was refused after it
+        else:
+            # An error first: the passive command's refusal when the transfer's 2xx follows,
+            # else the transfer's own failure.
+            if not (second.startswith("2") and not wire.is_passive_reply(second)):
+                wire.check(code, info, "2xx")
+
+    async def _passive_port(self) -> int:
         try:
             info = await self.control.command(self._passive, "2xx")
         except aioftp.StatusCodeError as exc:
@@ -254,8 +428,31 @@ class FTPSession(SessionLifecycle):
                 raise
             self._passive = "PASV"  # no EPSV here (RFC 2428 is optional)
             info = await self.control.command(self._passive, "2xx")
-        port = wire.passive_port(self._passive, info)
-        return await wire.open_data_socket(family, (peer[0], port, *peer[2:]))
+        return wire.passive_port(self._passive, info)
+
+    def _start_data(self, port: int) -> socket.socket:
+        assert self._peer is not None
+        family, peer = self._peer
+        return wire.start_connect(family, (peer[0], port, *peer[2:]))
+
+    def _take_ahead(self, code: str, info: list[str]) -> None:
+        """Keep the port of a passive command sent ahead for the next transfer."""
+        if wire.is_passive_reply(code):
+            self._ahead = (wire.passive_port(self._passive, info), self._clock())
+        else:
+            self._learned("passive_ahead", False, [code, *info])
+
+    def _learned(self, trait: str, value: bool, evidence: object) -> None:
+        if getattr(self.traits, trait) == value:
+            return
+        setattr(self.traits, trait, value)
+        log.info(
+            "server_trait_learned",
+            connection=self.connection.id,
+            trait=trait,
+            value=value,
+            evidence=str(evidence)[:200],
+        )
 
     @contextmanager
     def _data_tls_hint(self, path: str) -> Iterator[None]:
@@ -314,9 +511,18 @@ class FTPSession(SessionLifecycle):
         """
 
         async def body() -> None:
-            await self.control.command(f"RNFR {source}", "350")
+            # RNFR and RNTO in one write (and the next transfer's EPSV/PASV, see ServerTraits):
+            # an RNTO after a refused RNFR is itself refused (503), so nothing is renamed then.
+            ask = self.traits.passive_ahead and self._tls is None
+            self.control.send(f"RNFR {source}", f"RNTO {target}", *([self._passive] if ask else []))
+            rnfr = await self.control.raw_reply()
+            rnto = await self.control.raw_reply()
+            if ask:
+                passive = await self.control.raw_reply()
+                self._take_ahead(*passive)
+            wire.check(*rnfr, "350")
             try:
-                await self.control.command(f"RNTO {target}", "2xx")
+                wire.check(*rnto, "2xx")
                 return
             except aioftp.StatusCodeError as exc:
                 code, info = reply_of(exc)
@@ -329,6 +535,7 @@ class FTPSession(SessionLifecycle):
                 path=target,
                 reply=f"{code} {info}",
             )
+            self._ahead = None  # other commands come first: ask afresh
             await self.control.command(f"RNFR {source}", "350")
             await self.control.command(f"RNTO {target}", "2xx")
 
@@ -349,14 +556,19 @@ class FTPSession(SessionLifecycle):
         """
 
         async def body() -> None:
-            for level in reversed((PurePosixPath(path), *PurePosixPath(path).parents)):
-                if str(level) in ("/", "."):
-                    continue
-                try:
-                    await self.control.command(f"MKD {level}", "257")
-                except aioftp.StatusCodeError as exc:
-                    if not any(str(code).startswith("5") for code in exc.received_codes):
-                        raise
+            levels = [
+                str(level)
+                for level in reversed((PurePosixPath(path), *PurePosixPath(path).parents))
+                if str(level) not in ("/", ".")
+            ]
+            self.control.send(*(f"MKD {level}" for level in levels))  # one round trip for all
+            failure: aioftp.StatusCodeError | None = None
+            for _level in levels:
+                code, info = await self.control.raw_reply()
+                if code != "257" and not code.startswith("5") and failure is None:
+                    failure = aioftp.StatusCodeError(Code("257"), Code(code), info)
+            if failure is not None:
+                raise failure
 
         await self._run("destination", body(), path)
 
@@ -437,7 +649,7 @@ class FTPSession(SessionLifecycle):
             async def receive(sock: socket.socket, watch: wire.StallWatch) -> None:
                 await wire.receive(sock, self.block_size, on_block, watch)
 
-            transfer = self._plain_transfer(line, path, receive)
+            transfer = self._plain_listing(line, path, receive)
             await self._run("source", transfer, path, bounded=False)
             return
 
@@ -451,6 +663,33 @@ class FTPSession(SessionLifecycle):
                     await on_block(block)
 
         await self._run("source", body(), path, bounded=False)
+
+
+def _no_data_connection(exc: aioftp.StatusCodeError) -> bool:
+    """425 (no data connection) or 426 (it closed, transfer aborted)."""
+    return any(str(code) in ("425", "426") for code in exc.received_codes)
+
+
+def _send_now(sock: socket.socket, data: bytes) -> int:
+    """As much of ``data`` as the socket takes without waiting (what does not fit is sent
+    after the server's 150); errors are left for the replies to explain."""
+    try:
+        return sock.send(data)
+    except OSError:  # BlockingIOError included
+        return 0
+
+
+async def _chain(
+    held: list[bytes], offset: int, rest: AsyncIterator[bytes] | None
+) -> AsyncIterator[bytes]:
+    """The held blocks (the first from ``offset``), then the rest of the file."""
+    for index, block in enumerate(held):
+        block = block[offset:] if index == 0 else block
+        if block:
+            yield block
+    if rest is not None:
+        async for block in rest:
+            yield block
 
 
 def _size_of(command: str, info: list[str]) -> int | None:

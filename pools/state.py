@@ -27,6 +27,8 @@ class SessionLifecycle:
         self.created_at = now
         self.last_used = now
         self.uses = 0
+        # The server has said something (its greeting): it is up, however far away.
+        self.server_answered = False
 
     # -- questions ------------------------------------------------------------------------------
     @property
@@ -61,8 +63,13 @@ class SessionLifecycle:
         return self.is_idle and now - self.last_used > idle_timeout
 
     # -- transitions ----------------------------------------------------------------------------
+    def answered(self) -> None:
+        """The server greeted (still DISCONNECTED until the login is done)."""
+        self.server_answered = True
+
     def logged_in(self) -> None:
         """DISCONNECTED -> IDLE: the login succeeded."""
+        self.server_answered = True
         if self.state is SessionState.DISCONNECTED:
             self.state = SessionState.IDLE
 

@@ -12,6 +12,8 @@ event loop's ``sock_*`` calls (no transport, protocol and stream objects per fil
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,17 +44,32 @@ class ControlChannel:
     async def command(self, line: str, expected: str) -> list[str]:
         """Send ``line``; return the reply's text lines when its code matches ``expected``
         (e.g. "229", "2xx"), else raise :class:`aioftp.StatusCodeError`."""
-        if "\r" in line or "\n" in line:
-            raise InvalidTask("a path sent to an FTP server must not contain CR or LF")
-        self.writer.write(line.encode() + b"\r\n")
+        self.send(line)
         return await self.reply(expected)
+
+    def send(self, *lines: str) -> None:
+        """Write commands in one go, their replies to be read later in the same order
+        (pipelining: one round trip for all of them)."""
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                raise InvalidTask("a path sent to an FTP server must not contain CR or LF")
+        self.writer.write("".join(line + "\r\n" for line in lines).encode())
 
     async def reply(self, expected: str) -> list[str]:
         """Read one (possibly multi-line) reply and check its code against ``expected``."""
-        code, info = await read_reply(self.reader.readline, self.writer.close)
-        if not _matches(code, expected):
-            raise aioftp.StatusCodeError(Code(expected), Code(code), info)
-        return info
+        code, info = await self.raw_reply()
+        return check(code, info, expected)
+
+    async def raw_reply(self) -> tuple[str, list[str]]:
+        """The next reply (code, text lines), whatever its code."""
+        return await read_reply(self.reader.readline, self.writer.close)
+
+
+def check(code: str, info: list[str], expected: str) -> list[str]:
+    """``info`` when ``code`` matches ``expected``, else :class:`aioftp.StatusCodeError`."""
+    if not _matches(code, expected):
+        raise aioftp.StatusCodeError(Code(expected), Code(code), info)
+    return info
 
 
 async def read_reply(
@@ -112,6 +129,11 @@ def announced_size(info: list[str]) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def is_passive_reply(code: str) -> bool:
+    """227 (PASV) or 229 (EPSV): never the final reply of a transfer."""
+    return code in ("227", "229")
+
+
 def passive_port(command: str, info: list[str]) -> int:
     """The data connection's port from a 229 (EPSV) or 227 (PASV) reply.
 
@@ -133,15 +155,52 @@ def passive_port(command: str, info: list[str]) -> int:
 async def open_data_socket(family: int, address: tuple[Any, ...]) -> socket.socket:
     """A connected, non-blocking TCP socket to the server's passive port (an address of the
     control connection's family, so no name lookup per transfer)."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = start_connect(family, address)
     try:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, address)
+        await connected(sock)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def start_connect(family: int, address: tuple[Any, ...]) -> socket.socket:
+    """A non-blocking socket whose connect to ``address`` has begun (or failed at once, e.g.
+    refused on this host: then OSError). The caller may send the transfer command before the
+    handshake is done (it then costs no round trip of its own) and awaits :func:`connected`
+    before using the socket."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            raise OSError(error, os.strerror(error))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def connected(sock: socket.socket) -> None:
+    """Until ``sock``'s connect has finished (at once when it already has); its error, if any,
+    as OSError."""
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error == 0:
+        try:
+            sock.getpeername()
+            return
+        except OSError:
+            pass  # still in progress
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_writer(sock.fileno(), ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(sock.fileno())
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
 
 
 class StallWatch:

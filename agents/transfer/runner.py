@@ -186,27 +186,35 @@ class TransferRunner:
         target = AtomicFile(
             jail(local.base_path, task.dst_path), task.dst_path, self.journal, self.block_size
         )
+        completion = None
         async with self.pools.session(remote.id) as session:
             await target.open()
             try:
                 await session.retrieve(task.src_path, target.write)
                 verified = False
                 if self.verify_size:
-                    # The 150 reply's byte count when the server gives one (no round trip),
-                    # else SIZE, else MLST.
+                    # The size the server gave with the RETR (its 150 reply, or a SIZE sent
+                    # with it), else SIZE, else MLST after it.
                     expected = session.announced_size
                     if expected is None:
                         expected = await session.size(task.src_path)
                     verified = _check_size(expected, target.size, task.src_path)
-                await target.commit()
+                if action.active:
+                    await target.commit()
             except BaseException:
                 await asyncio.shield(target.discard())
                 raise
             # The destination is complete and in place: only now is the source touched.
-            completion = None
             if action.active:
                 entry = self._delivery(task, Direction.DOWNLOAD, action, target.size, target.sha256)
                 completion = await self.completer.on_remote(session, entry)
+        if not action.active:
+            # The local write and rename need no session: it goes back to the pool first.
+            try:
+                await target.commit()
+            except BaseException:
+                await asyncio.shield(target.discard())
+                raise
         return Moved(target.size, target.sha256, verified, completion)
 
     def _delivery(

@@ -154,6 +154,44 @@ async def test_upload_is_renamed_into_place_and_leaves_no_temporary_file(farm, v
     assert leftovers(server) == []
 
 
+@pytest.mark.cell("pipelining (round trips saved)")
+@pytest.mark.parametrize("variant", ALL)
+async def test_back_to_back_transfers_on_one_session_stay_intact_with_pipelining(
+    farm, variant, storage, note
+):
+    """Downloads and uploads in turn on one session (the next EPSV asked ahead, upload data
+    before the 150, SIZE with RETR where the 150 has no size, RNFR+RNTO together) all arrive
+    intact and renamed; the note says which savings the server allowed (learnt at run time)."""
+    server = farm.get(variant)
+    sizes = [0, 1, 4096, 70_000, 3 * 1024 * 1024 + 5]
+    async with Rig(server, storage, cap=1) as rig:
+        for n, size in enumerate(sizes * 2):
+            data = random.randbytes(size)
+            server.put(f"/pipe/d{n}.bin", data)
+            ok(await rig.download(f"/pipe/d{n}.bin", f"/pipe/d{n}.bin"), data)
+            assert (storage / "pipe" / f"d{n}.bin").read_bytes() == data
+            (storage / f"u{n}.bin").write_bytes(data)
+            ok(await rig.upload(f"/u{n}.bin", f"/pipe/up/u{n}.bin"), data)
+            assert server.file(f"/pipe/up/u{n}.bin").read_bytes() == data
+        assert len(rig.sessions) == 1  # one session throughout: nothing desynchronised
+        session = rig.sessions[0]
+    assert leftovers(server) == []
+    if session.connection.tls != "none":
+        note("TLS data connections: through aioftp, no pipelining")
+        return
+    traits = session.traits
+    allowed = [
+        name
+        for name, on in (
+            ("EPSV ahead", traits.passive_ahead),
+            ("upload data before 150", traits.data_before_reply),
+        )
+        if on
+    ]
+    sized = "size in 150" if traits.size_in_150 else "SIZE sent with RETR"
+    note(f"{', '.join(allowed) or 'none'}; {sized}")
+
+
 @pytest.mark.cell("upload over an existing file")
 @pytest.mark.parametrize("variant", ALL)
 async def test_upload_replaces_an_existing_file(farm, variant, storage, note):

@@ -7,6 +7,7 @@ import pytest
 
 from models.errors import ConnectionFailed, Deferred, PoolTimeout
 from pools.manager import SessionPoolManager
+from pools.pool import GREETING_GRACE_SECONDS
 from pools.state import SessionState
 from tests.unit.fake_sessions import FakeServer, FakeSession
 
@@ -56,14 +57,17 @@ async def test_sessions_are_not_reused_when_reuse_is_off():
 
 
 async def test_full_line_of_a_stalled_connection_parks_new_tasks():
-    """Beyond max_waiting, a connection whose sessions never come back parks new tasks."""
+    """Beyond max_waiting, a connection whose sessions have not greeted within the grace parks
+    new tasks (and joins them before: a distant server greets a round trip later)."""
     server = FakeServer(connect_delay=10)
+    now = [1000.0]
     manager: SessionPoolManager[FakeSession] = SessionPoolManager(
         max_sessions_per_pod=100,
         acquire_timeout=5.0,
         session_timeout=300.0,
         health_check_idle=0.0,
         max_waiting=3,
+        clock=lambda: now[0],
     )
     manager.add_pool("a", 1, server.factory)
 
@@ -73,6 +77,8 @@ async def test_full_line_of_a_stalled_connection_parks_new_tasks():
 
     waiting = [asyncio.create_task(use()) for _ in range(4)]  # 1 connecting + 3 in line
     await asyncio.sleep(0.01)
+    assert manager.pools["a"].expected_wait(now[0]) == 0  # within the greeting grace
+    now[0] += GREETING_GRACE_SECONDS + 0.1
     with pytest.raises(Deferred):
         await manager.acquire(manager.pools["a"])
     for task in waiting:
@@ -102,6 +108,28 @@ async def test_full_line_of_a_fast_connection_is_joined_not_parked():
     await asyncio.gather(*(use() for _ in range(40)))  # 38 in line at once, none parked
     assert manager.deferred_total["a"] == 0
     assert server.max_live == 2
+
+
+async def test_full_line_of_a_distant_connection_without_history_is_joined_not_parked():
+    """A new connection whose sessions greet and log in slowly (latency, not failure) has all
+    its tasks joined before any session came back: none is parked on the retry topic."""
+    server = FakeServer(connect_delay=0.05)
+    manager: SessionPoolManager[FakeSession] = SessionPoolManager(
+        max_sessions_per_pod=100,
+        acquire_timeout=5.0,
+        session_timeout=300.0,
+        health_check_idle=0.0,
+        max_waiting=3,
+        max_expected_wait=5.0,
+    )
+    manager.add_pool("a", 2, server.factory)
+
+    async def use():
+        async with manager.session("a"):
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(use() for _ in range(40)))  # all at once, on a cold pool
+    assert manager.deferred_total["a"] == 0
 
 
 async def test_connection_cap_holds_and_waiters_are_served_in_order():

@@ -141,6 +141,12 @@ class FTPSession(SessionLifecycle):
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
+    def data_session_reused(self) -> bool | None:
+        """Whether the last FTPS data connection resumed the control connection's TLS session
+        (None: no protected data connection yet, or plain FTP)."""
+        return self._client.data_session_reused
+
+    @property
     def tls_version(self) -> str | None:
         """The control connection's TLS version (e.g. "TLSv1.3"), None when plain."""
         tls = self._client.control_tls

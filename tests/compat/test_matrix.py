@@ -384,7 +384,7 @@ async def test_data_connections_resume_the_control_session_where_required(
     server.put("/reuse/a.txt", b"abc")
     async with Rig(server, storage) as rig:
         result = await rig.download("/reuse/a.txt", "/reuse/a.txt")
-        resumed = rig.sessions[0]._client.data_session_reused
+        resumed = rig.sessions[0].data_session_reused
         version = rig.sessions[0].tls_version
     ok(result, b"abc")
 

@@ -84,6 +84,10 @@ class DirectoryWatches(mode.Service):
         self._mlsd: dict[str, bool] = {}  # per watch: whether its server has MLSD
         self._purged_at: dict[str, float] = {}
         self.local: dict[str, dict[str, Any]] = {w.name: {"scans_here": 0} for w in watches}
+        # Set while the agent is not inside a decision: a shutdown or rebalance waits for it,
+        # so tasks produced are recorded (and their scan message acked) before the commit.
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def on_start(self) -> None:
         for watch in self.watches.values():
@@ -165,8 +169,17 @@ class DirectoryWatches(mode.Service):
         await self.topic.send(key=scan.watch.name, value=value)
 
     # -- the agent (the table's only writer) ------------------------------------------------------
+    async def settled(self, within: float) -> bool:
+        """Wait (at most ``within`` s) until no decision is under way; False if one still is."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
     async def record(self, stream: Any) -> None:
         async for value in stream:
+            self._idle.clear()
             try:
                 watch = self.watches.get(str(value.get("watch")))
                 if watch is None:
@@ -178,6 +191,8 @@ class DirectoryWatches(mode.Service):
             except Exception:
                 # Nothing was recorded for what failed: the next scan sends those files again.
                 log.exception("watch_record_failed")
+            finally:
+                self._idle.set()
 
     async def _decide(self, watch: WatchSettings, scan: float, files: list[Any]) -> None:
         touch_after = watch.forget_after_hours * 3600 / 2

@@ -495,6 +495,8 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
                 self.handler.releasing.clear()  # a rebalance, not a shutdown: carry on
         if drained[0]:
             log.warning("tasks_abandoned", count=drained[0], grace_seconds=grace)
+        if self.watches is not None and not await self.watches.settled(grace):
+            log.warning("watch_decision_abandoned", grace_seconds=grace)
         try:
             # Bounded: a broker that does not answer must not hold a shutdown or rebalance.
             async with asyncio.timeout(KAFKA_STOP_STEP_SECONDS):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ class StatusSender(mode.Service):
         self._queued: list[_Batch] = []  # in the order they were opened
         self._open: dict[int, _Batch] = {}  # per partition: the batch still taking changes
         self._wakeup = asyncio.Event()
+        # When the sending loop wakes up by itself (inf: nothing due). Only a change due
+        # earlier wakes it sooner: waking it for every change cost a wait_first per task.
+        self._sleeping_until = -math.inf
         self._send_lock = asyncio.Lock()
 
     @property
@@ -188,7 +192,7 @@ class StatusSender(mode.Service):
         )
         change.updated_at, change.updated_ts = iso(now), now
         self._held_back[task.task_id] = _HeldBack(change, now + self.in_progress_after)
-        self._wake()
+        self._wake(now + self.in_progress_after)
 
     async def parked(
         self,
@@ -259,11 +263,12 @@ class StatusSender(mode.Service):
         if len(batch.entries) >= BATCH_MAX_ENTRIES or batch.size >= BATCH_MAX_BYTES:
             del self._open[partition]  # the next change of this partition opens another
             batch.due = now
-        self._wake()
+        self._wake(batch.due)
         return batch
 
-    def _wake(self) -> None:
-        self._wakeup.set()
+    def _wake(self, due: float) -> None:
+        if due < self._sleeping_until:
+            self._wakeup.set()
 
     def _next_due(self) -> float | None:
         dues = [b.due for b in self._queued] + [h.due for h in self._held_back.values()]
@@ -283,7 +288,11 @@ class StatusSender(mode.Service):
             timeout = None if due is None else max(0.0, due - self._clock())
             if timeout is None or timeout > 0:
                 self._wakeup.clear()
-                await self.wait_first(self._wakeup.wait(), timeout=timeout)  # type: ignore[arg-type]
+                self._sleeping_until = math.inf if due is None else due
+                try:
+                    await self.wait_first(self._wakeup.wait(), timeout=timeout)  # type: ignore[arg-type]
+                finally:
+                    self._sleeping_until = -math.inf
                 continue
             now = self._clock()
             self._release_held_back(now)

@@ -54,19 +54,35 @@ class TransferMetrics:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+        # labels() validates and looks its child up under a lock on every call; these run once
+        # per task, so each label combination's children are looked up once and kept.
+        self._outcome_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self._wait_children: dict[str, Any] = {}
 
     def observe(self, result: TransferResult) -> None:
-        direction = result.direction or "unknown"
-        self.transfers.labels(direction, result.status, result.error_code or "").inc()
-        if result.status == "success":
-            self.bytes.labels(direction).inc(result.bytes_transferred)
-        self.duration.labels(direction, result.status).observe(result.duration_ms / 1000)
+        key = (result.direction or "unknown", result.status, result.error_code or "")
+        children = self._outcome_children.get(key)
+        if children is None:
+            direction, status, error_code = key
+            children = self._outcome_children[key] = (
+                self.transfers.labels(direction, status, error_code),
+                self.bytes.labels(direction) if status == "success" else None,
+                self.duration.labels(direction, status),
+            )
+        transfers, moved, duration = children
+        transfers.inc()
+        if moved is not None:
+            moved.inc(result.bytes_transferred)
+        duration.observe(result.duration_ms / 1000)
 
     def observe_retry(self, result: TransferResult) -> None:
         self.retries.labels(result.direction or "unknown", result.error_code or "").inc()
 
     def observe_wait(self, connection: str, seconds: float) -> None:
-        self.acquire_wait.labels(connection).observe(seconds)
+        child = self._wait_children.get(connection)
+        if child is None:
+            child = self._wait_children[connection] = self.acquire_wait.labels(connection)
+        child.observe(seconds)
 
 
 class StateCollector(Collector):

@@ -8,11 +8,12 @@ otherwise its source connection's default from ``connections.ini`` applies.
 from __future__ import annotations
 
 import posixpath
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
+
+from models.templates import template_problem
 
 ACTIONS = ("none", "delete", "move")
 ActionName = Literal["none", "delete", "move"]
@@ -76,17 +77,8 @@ def check_template(template: str) -> str | None:
         return f"target is longer than {MAX_TARGET_CHARS} characters"
     if "\x00" in template:
         return "target must not contain a NUL character"
-    try:
-        fields = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"target is not a valid template ({exc})"
-    for _literal, name, spec, conversion in fields:
-        if name is None:
-            continue
-        if name not in PLACEHOLDERS or spec or conversion:
-            known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-            return f"target uses {{{name}}}; known placeholders: {known}"
-    return None
+    problem = template_problem(template, PLACEHOLDERS)
+    return None if problem is None else f"target {problem}"
 
 
 def from_settings(

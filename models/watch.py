@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import posixpath
-import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ import pydantic
 
 from models.connections import FtpConnection, LocalConnection, Registry
 from models.errors import ConfigError
+from models.templates import template_problem
 
 # {name} a.csv, {stem} a, {suffix} .csv, {dir} the file's remote directory, {relpath} its path
 # below the watched directory (b/a.csv), {reldir} that path's directory ("" or b), {watch}, and
@@ -93,17 +93,7 @@ class WatchSettings(pydantic.BaseModel):
 
 def check_template(template: str) -> str | None:
     """What is wrong with a destination template, or None."""
-    try:
-        fields = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"not a valid template ({exc})"
-    for _literal, name, spec, conversion in fields:
-        if name is None:
-            continue
-        if name not in PLACEHOLDERS or spec or conversion:
-            known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-            return f"uses {{{name}}}; known placeholders: {known}"
-    return None
+    return template_problem(template, PLACEHOLDERS)
 
 
 def check_unique(watches: list[WatchSettings]) -> list[WatchSettings]:

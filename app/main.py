@@ -487,15 +487,18 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         grace = self.settings.worker.shutdown_grace_seconds
         self.handler.releasing.set()
         try:
-            drained = await asyncio.gather(
-                self.in_flight.drain(grace), self.retry_in_flight.drain(grace)
+            # One grace period for all three, waited for together (not one after another).
+            abandoned, _, watches_settled = await asyncio.gather(
+                self.in_flight.drain(grace),
+                self.retry_in_flight.drain(grace),
+                self.watches.settled(grace) if self.watches is not None else _true(),
             )
         finally:
             if not self._stopping:
                 self.handler.releasing.clear()  # a rebalance, not a shutdown: carry on
-        if drained[0]:
-            log.warning("tasks_abandoned", count=drained[0], grace_seconds=grace)
-        if self.watches is not None and not await self.watches.settled(grace):
+        if abandoned:
+            log.warning("tasks_abandoned", count=abandoned, grace_seconds=grace)
+        if not watches_settled:
             log.warning("watch_decision_abandoned", grace_seconds=grace)
         try:
             # Bounded: a broker that does not answer must not hold a shutdown or rebalance.
@@ -507,6 +510,10 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
                 await consumer.commit()
         except TimeoutError:
             log.warning("commit_timed_out", seconds=KAFKA_STOP_STEP_SECONDS)
+
+
+async def _true() -> bool:
+    return True
 
 
 def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:

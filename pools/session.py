@@ -56,11 +56,17 @@ class ServerTraits:
       upload then fails at the data connection (a 425/426).
     - ``size_in_150``: the RETR 150 reply carries the byte count (vsftpd, ProFTPD). Where it
       does not, a SIZE is sent together with each RETR instead of after it.
+    - ``size_behind_upload``: an upload's SIZE is sent as soon as its data connection has
+      ended, without waiting for the transfer's final reply, and its answer is taken only when
+      it comes after that reply (the server read it once the upload was complete). Off when a
+      server answers it before (it reads commands during a transfer: Pure-FTPd refuses them
+      with 500, pyftpdlib answers them at once); the SIZE is then asked after the final reply.
     """
 
     passive_ahead: bool = True
     data_before_reply: bool = True
     size_in_150: bool | None = None
+    size_behind_upload: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,8 +98,9 @@ class FTPSession(SessionLifecycle):
         self.connection = connection
         self.block_size = block_size
         self.stall_timeout = stall_timeout
-        # The byte count the server gave with the last RETR: its 150 reply, or a SIZE sent with
-        # it (see ServerTraits.size_in_150); None when it gave none.
+        # The byte count the server gave with the last RETR (its 150 reply, or a SIZE sent with
+        # it: see ServerTraits.size_in_150) or for the last STOR (a SIZE sent behind its data:
+        # ServerTraits.size_behind_upload); None when it gave none.
         self.announced_size: int | None = None
         self.traits = traits_of(connection)
         self._ahead: tuple[int, float] | None = None  # a passive port asked ahead, and when
@@ -240,10 +247,16 @@ class FTPSession(SessionLifecycle):
 
         await self._run("source", body(), path, bounded=False)
 
-    async def store(self, path: str, blocks: AsyncIterator[bytes]) -> None:
-        """STOR ``path`` from an async iterator of blocks."""
+    async def store(
+        self, path: str, blocks: AsyncIterator[bytes], *, ask_size: bool = False
+    ) -> None:
+        """STOR ``path`` from an async iterator of blocks. With ``ask_size``, the stored length
+        is asked for with the upload where the server allows it: ``announced_size`` then holds
+        it (None: ask with :meth:`size`)."""
+        self.announced_size = None
         if self._tls is None:
-            await self._run("destination", self._plain_store(path, blocks), path, bounded=False)
+            upload = self._plain_store(path, blocks, ask_size=ask_size)
+            await self._run("destination", upload, path, bounded=False)
             return
 
         async def body() -> None:
@@ -297,7 +310,9 @@ class FTPSession(SessionLifecycle):
             await self._final_reply(ask_ahead=True)
             return
 
-    async def _plain_store(self, path: str, blocks: AsyncIterator[bytes]) -> None:
+    async def _plain_store(
+        self, path: str, blocks: AsyncIterator[bytes], *, ask_size: bool
+    ) -> None:
         # Blocks taken from ``blocks`` before the 150 are kept, so a try that failed before the
         # server started the transfer can be made again; after the 150 the rest is streamed.
         held: list[bytes] = []
@@ -352,7 +367,10 @@ class FTPSession(SessionLifecycle):
             finally:
                 sock.close()  # the end of an upload's data
             try:
-                await self._final_reply(ask_ahead=False)
+                if ask_size and self.traits.size_behind_upload:
+                    self.announced_size = await self._final_reply_and_size(path)
+                else:
+                    await self._final_reply(ask_ahead=False)
             except aioftp.StatusCodeError as exc:
                 if sent_all and early and not last_try and _no_data_connection(exc):
                     self._learned("data_before_reply", False, exc)
@@ -425,6 +443,32 @@ class FTPSession(SessionLifecycle):
             # else the transfer's own failure.
             if not (second.startswith("2") and not wire.is_passive_reply(second)):
                 wire.check(code, info, "2xx")
+
+    async def _final_reply_and_size(self, path: str) -> int | None:
+        """An upload's final reply (2xx, else StatusCodeError) with a SIZE sent before it came;
+        the size only when its answer came after the final reply, else None (ask again)."""
+        self.control.send(f"SIZE {path}")
+        replies: list[tuple[str, list[str]]] = []
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                replies.append(await self.control.raw_reply())
+                replies.append(await self.control.raw_reply())
+        except TimeoutError:
+            if replies:  # a server that dropped the SIZE read during the transfer: never again
+                self._learned("size_behind_upload", False, "no reply to a SIZE behind STOR")
+            raise
+        (code, info), (second, second_info) = replies
+        transfer_done_second = second.startswith("2") and second != "213"
+        if code != "213" and (code.startswith("2") or not transfer_done_second):
+            # The usual order: the transfer's reply first (an error first is the transfer's
+            # own failure, unless the transfer's own 2xx follows it).
+            wire.check(code, info, "2xx")
+            return _size_of("SIZE", second_info) if second == "213" else None
+        # The SIZE was answered first (213, or refused while the transfer ran): its answer may
+        # predate the upload's end, so it is not used.
+        self._learned("size_behind_upload", False, [code, *info, second, *second_info])
+        wire.check(second, second_info, "2xx")
+        return None
 
     async def _passive_port(self) -> int:
         try:

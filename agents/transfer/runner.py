@@ -246,12 +246,15 @@ class TransferRunner:
                 stored = True
                 if self.journal is not None:
                     self.journal.started(entry)
-                await session.store(temp_path, reader.blocks(handle))
+                await session.store(temp_path, reader.blocks(handle), ask_size=self.verify_size)
                 verified = False
                 if self.verify_size:
-                    verified = _check_size(
-                        await session.size(temp_path), reader.size, task.dst_path
-                    )
+                    # The size the server gave with the upload (a SIZE sent behind its data,
+                    # see ServerTraits.size_behind_upload), else asked now.
+                    stored_size = session.announced_size
+                    if stored_size is None:
+                        stored_size = await session.size(temp_path)
+                    verified = _check_size(stored_size, reader.size, task.dst_path)
                 await session.rename(temp_path, task.dst_path)
                 stored = False
                 if self.journal is not None:

@@ -160,7 +160,8 @@ async def test_back_to_back_transfers_on_one_session_stay_intact_with_pipelining
     farm, variant, storage, note
 ):
     """Downloads and uploads in turn on one session (the next EPSV asked ahead, upload data
-    before the 150, SIZE with RETR where the 150 has no size, RNFR+RNTO together) all arrive
+    before the 150, SIZE with RETR where the 150 has no size, an upload's SIZE sent behind its
+    data, RNFR+RNTO together) all arrive
     intact and renamed; the note says which savings the server allowed (learnt at run time)."""
     server = farm.get(variant)
     sizes = [0, 1, 4096, 70_000, 3 * 1024 * 1024 + 5]
@@ -168,10 +169,13 @@ async def test_back_to_back_transfers_on_one_session_stay_intact_with_pipelining
         for n, size in enumerate(sizes * 2):
             data = random.randbytes(size)
             server.put(f"/pipe/d{n}.bin", data)
-            ok(await rig.download(f"/pipe/d{n}.bin", f"/pipe/d{n}.bin"), data)
+            down = await rig.download(f"/pipe/d{n}.bin", f"/pipe/d{n}.bin")
+            ok(down, data)
             assert (storage / "pipe" / f"d{n}.bin").read_bytes() == data
             (storage / f"u{n}.bin").write_bytes(data)
-            ok(await rig.upload(f"/u{n}.bin", f"/pipe/up/u{n}.bin"), data)
+            up = await rig.upload(f"/u{n}.bin", f"/pipe/up/u{n}.bin")
+            ok(up, data)
+            assert down.size_verified and up.size_verified  # no saving skips a check
             assert server.file(f"/pipe/up/u{n}.bin").read_bytes() == data
         assert len(rig.sessions) == 1  # one session throughout: nothing desynchronised
         session = rig.sessions[0]
@@ -185,6 +189,7 @@ async def test_back_to_back_transfers_on_one_session_stay_intact_with_pipelining
         for name, on in (
             ("EPSV ahead", traits.passive_ahead),
             ("upload data before 150", traits.data_before_reply),
+            ("SIZE behind upload data", traits.size_behind_upload),
         )
         if on
     ]

@@ -69,11 +69,13 @@ async def scripted(after_data: bytes, rename: bytes = b"") -> AsyncIterator[tupl
         yield control_server.sockets[0].getsockname()[1], heard
 
 
-async def session_on(port: int) -> FTPSession:
+async def session_on(port: int, command_timeout: float = 5) -> FTPSession:
     connection = FtpConnection(
         id=f"pipelining-{next(_ids)}", host="127.0.0.1", port=port, user="u", password="p"
     )
-    session = FTPSession(connection, connect_timeout=5, command_timeout=5, block_size=4096)
+    session = FTPSession(
+        connection, connect_timeout=5, command_timeout=command_timeout, block_size=4096
+    )
     await session.connect()
     return session
 
@@ -139,4 +141,155 @@ async def test_a_refused_rnfr_fails_the_rename_though_rnto_was_sent_with_it():
             await session.rename("/t.tmp", "/t.bin")
         assert "550" in caught.value.message
         assert "RNTO /t.bin" in heard  # pipelined: sent before the RNFR reply came
+        await session.aclose()
+
+
+@asynccontextmanager
+async def scripted_upload(
+    after_data: bytes, *, read_ahead: bool = False, size_behind: bool = True
+) -> AsyncIterator[tuple[int, list[str], bytearray]]:
+    """An FTP server taking one STOR. Once the upload's data has ended it reads the client's
+    next line (the SIZE sent behind the data) and answers with ``after_data`` (raw replies,
+    any order). With ``read_ahead`` it reads that line before the data has ended, as a server
+    that reads commands during a transfer does; without ``size_behind`` it reads none."""
+    heard: list[str] = []
+    stored = bytearray()
+    data_ended = asyncio.Event()
+
+    async def data(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stored.extend(await reader.read())
+        data_ended.set()
+        writer.close()
+
+    data_server = await asyncio.start_server(data, "127.0.0.1", 0)
+    port = data_server.sockets[0].getsockname()[1]
+    passive = f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await converse(reader, writer)
+        finally:
+            writer.close()
+
+    async def next_line(reader: asyncio.StreamReader) -> str:
+        text = (await reader.readline()).decode().strip()
+        heard.append(text)
+        return text
+
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted\r\n")
+        while text := await next_line(reader):
+            verb = text.split()[0].upper()
+            if verb == "STOR":
+                writer.write(b"150 go ahead\r\n")
+                await writer.drain()
+                if size_behind and read_ahead:
+                    await next_line(reader)
+                await asyncio.wait_for(data_ended.wait(), 5)
+                if size_behind and not read_ahead:
+                    await next_line(reader)
+                writer.write(after_data)
+            else:
+                reply = {
+                    "USER": b"331 pw\r\n",
+                    "PASS": b"230 in\r\n",
+                    "TYPE": b"200 ok\r\n",
+                    "QUIT": b"221 bye\r\n",
+                    "SIZE": b"213 %d\r\n" % len(stored),
+                }
+                writer.write(reply.get(verb, passive if verb == "EPSV" else b""))
+            await writer.drain()
+
+    control_server = await asyncio.start_server(control, "127.0.0.1", 0)
+    async with data_server, control_server:
+        yield control_server.sockets[0].getsockname()[1], heard, stored
+
+
+async def upload(session: FTPSession) -> None:
+    async def blocks() -> AsyncIterator[bytes]:
+        yield PAYLOAD
+
+    await session.store("/up.tmp", blocks(), ask_size=True)
+
+
+async def test_an_upload_size_answered_after_its_226_is_taken_without_another_round_trip():
+    """226 then 213: the SIZE went out with the end of the data, and its answer is used."""
+    async with scripted_upload(b"226 done\r\n213 5000\r\n") as (port, heard, stored):
+        session = await session_on(port)
+        await upload(session)
+        assert bytes(stored) == PAYLOAD
+        assert session.announced_size == 5000
+        assert session.traits.size_behind_upload
+        await session.aclose()
+    assert heard[-2:] == ["SIZE /up.tmp", "QUIT"]  # one SIZE, no second one
+
+
+async def test_an_upload_size_answered_before_its_226_is_not_trusted():
+    """213 before 226: the size may predate the upload's end: not used, the trait goes off."""
+    async with scripted_upload(b"213 4096\r\n226 done\r\n", read_ahead=True) as (port, _, _s):
+        session = await session_on(port)
+        await upload(session)
+        assert session.announced_size is None  # the caller asks SIZE again
+        assert not session.traits.size_behind_upload
+        assert session.is_connected
+        await session.aclose()
+
+
+async def test_a_size_refused_during_the_upload_does_not_fail_it():
+    """Pure-FTPd's way: 500 for the SIZE read mid-transfer, then 226: a success, size unknown."""
+    async with scripted_upload(b"500 Unknown command\r\n226 done\r\n", read_ahead=True) as (
+        port,
+        _heard,
+        _stored,
+    ):
+        session = await session_on(port)
+        await upload(session)
+        assert session.announced_size is None
+        assert not session.traits.size_behind_upload
+        await session.aclose()
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [b"451 disk trouble\r\n213 4096\r\n", b"213 4096\r\n451 disk trouble\r\n"],
+    ids=["in order", "size first"],
+)
+async def test_a_failed_upload_fails_whatever_its_size_reply_says(replies):
+    """The transfer's own failure stands in either order; a 213 is never taken for its 2xx."""
+    async with scripted_upload(replies, read_ahead=replies.startswith(b"213")) as (
+        port,
+        _heard,
+        _stored,
+    ):
+        session = await session_on(port)
+        with pytest.raises(FtpPoolerError) as caught:
+            await upload(session)
+        assert "451" in caught.value.message
+        assert session.announced_size is None
+        await session.aclose()
+
+
+async def test_the_server_sees_the_size_behind_only_when_a_size_is_wanted():
+    """Without ``ask_size`` (verification off) no SIZE is sent at all."""
+    async with scripted_upload(b"226 done\r\n", size_behind=False) as (port, heard, _stored):
+        session = await session_on(port)
+
+        async def blocks() -> AsyncIterator[bytes]:
+            yield PAYLOAD
+
+        await asyncio.wait_for(session.store("/up.tmp", blocks()), 5)
+        assert session.announced_size is None
+        await session.aclose()
+    assert not any(line.startswith("SIZE") for line in heard)
+
+
+async def test_a_size_behind_an_upload_that_is_never_answered_fails_it_once_then_goes_off():
+    """A server that swallows the SIZE it read during the transfer: that upload times out (its
+    session is not reused) and the saving is off for the server's next uploads."""
+    async with scripted_upload(b"226 done\r\n") as (port, _heard, _stored):
+        session = await session_on(port, command_timeout=0.5)
+        with pytest.raises(FtpPoolerError):
+            await upload(session)
+        assert not session.traits.size_behind_upload
+        assert session.is_broken
         await session.aclose()

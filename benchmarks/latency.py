@@ -162,7 +162,11 @@ class Side(asyncio.Protocol):
             return
         self.eof_sent = True
         if self.transport.can_write_eof():
-            self.transport.write_eof()
+            try:
+                self.transport.write_eof()
+            except OSError:  # the other end has gone already (a reset): nothing to half-close
+                self.transport.close()
+                return
         if self.got_eof or self.peer is None or self.peer.transport is None:
             self.transport.close()
 

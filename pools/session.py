@@ -326,6 +326,7 @@ class FTPSession(SessionLifecycle):
             async with asyncio.timeout(self._command_timeout):
                 sock, ahead = await self._data_socket(fresh=last_try)
             early = self.traits.data_before_reply and not last_try
+            size_sent = False
             try:
                 sent_all = False
                 offset = 0  # bytes of held[0] already on their way
@@ -346,8 +347,13 @@ class FTPSession(SessionLifecycle):
                             sent_all = True  # an empty file: the data connection just ends
                         if sent_all:
                             sock.close()
+                            if ask_size and self.traits.size_behind_upload:
+                                # The whole upload is on its way: its SIZE goes with it.
+                                self.control.send(f"SIZE {path}")
+                                size_sent = True
                     try:
-                        await self.control.reply("1xx")
+                        if not size_sent:
+                            await self.control.reply("1xx")
                     except aioftp.StatusCodeError as exc:
                         if (ahead or early) and not last_try and _no_data_connection(exc):
                             # STOR did not start: once more on a fresh port, data after the 150
@@ -356,6 +362,18 @@ class FTPSession(SessionLifecycle):
                             )
                             continue
                         raise
+                if size_sent:
+                    started, (code, info), self.announced_size = await self._stor_replies()
+                    try:
+                        wire.check(code, info, "2xx")
+                    except aioftp.StatusCodeError as exc:
+                        if not last_try and _no_data_connection(exc):
+                            # Made again with data after the 150, as in the cases here.
+                            trait = "passive_ahead" if ahead and not started else None
+                            self._learned(trait or "data_before_reply", False, exc)
+                            continue
+                        raise
+                    return
                 if not sent_all:
                     rest = _chain(held, offset, None if exhausted else blocks)
                     try:
@@ -368,7 +386,9 @@ class FTPSession(SessionLifecycle):
                 sock.close()  # the end of an upload's data
             try:
                 if ask_size and self.traits.size_behind_upload:
-                    self.announced_size = await self._final_reply_and_size(path)
+                    # Sent at the end of the data, without waiting for the final reply.
+                    self.control.send(f"SIZE {path}")
+                    self.announced_size = await self._final_reply_and_size()
                 else:
                     await self._final_reply(ask_ahead=False)
             except aioftp.StatusCodeError as exc:
@@ -444,10 +464,9 @@ class FTPSession(SessionLifecycle):
             if not (second.startswith("2") and not wire.is_passive_reply(second)):
                 wire.check(code, info, "2xx")
 
-    async def _final_reply_and_size(self, path: str) -> int | None:
+    async def _final_reply_and_size(self) -> int | None:
         """An upload's final reply (2xx, else StatusCodeError) with a SIZE sent before it came;
         the size only when its answer came after the final reply, else None (ask again)."""
-        self.control.send(f"SIZE {path}")
         replies: list[tuple[str, list[str]]] = []
         try:
             async with asyncio.timeout(self._command_timeout):
@@ -469,6 +488,41 @@ class FTPSession(SessionLifecycle):
         self._learned("size_behind_upload", False, [code, *info, second, *second_info])
         wire.check(second, second_info, "2xx")
         return None
+
+    async def _stor_replies(self) -> tuple[bool, tuple[str, list[str]], int | None]:
+        """The replies to a STOR whose data has all been sent and to the SIZE sent right behind
+        it, in whatever order they come: whether the STOR got its 1xx, the STOR's outcome (its
+        final reply, or its refusal), and the size when the SIZE was answered after that
+        outcome (else None: ask again).
+
+        A reply's code says whose it is (1xx and a 2xx other than 213: the STOR's; 213: the
+        SIZE's), except an error: one before the 1xx and followed by it is the SIZE's; of two
+        errors otherwise the first is the STOR's (the order the server read them in)."""
+        replies: list[tuple[str, list[str]]] = []
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                replies += [await self.control.raw_reply(), await self.control.raw_reply()]
+                started = any(code.startswith("1") for code, _ in replies)
+                if started:
+                    replies.append(await self.control.raw_reply())
+        except TimeoutError:
+            if len(replies) >= 2:  # the SIZE read during the transfer and never answered
+                self._learned("size_behind_upload", False, "no reply to a SIZE behind STOR")
+            raise
+        first = next((i for i, (code, _) in enumerate(replies) if code.startswith("1")), None)
+        (a, ra), (b, rb) = [(i, r) for i, r in enumerate(replies) if i != first]
+        stor_first = rb[0] == "213" or (ra[0] != "213" and ra[0].startswith("2"))
+        size_first = ra[0] == "213" or rb[0].startswith("2")
+        if not stor_first and (size_first or (first is not None and a < first)):
+            # (the last case: two errors, the first of them before the 1xx)
+            (stor, outcome), (asked, answer) = (b, rb), (a, ra)
+        else:
+            (stor, outcome), (asked, answer) = (a, ra), (b, rb)
+        if asked < stor:
+            self._learned("size_behind_upload", False, replies)
+        trusted = answer[0] == "213" and asked > stor and outcome[0].startswith("2")
+        size = _size_of("SIZE", answer[1]) if trusted else None
+        return first is not None, outcome, size
 
     async def _passive_port(self) -> int:
         try:

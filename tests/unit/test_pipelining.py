@@ -146,12 +146,17 @@ async def test_a_refused_rnfr_fails_the_rename_though_rnto_was_sent_with_it():
 
 @asynccontextmanager
 async def scripted_upload(
-    after_data: bytes, *, read_ahead: bool = False, size_behind: bool = True
+    after_data: bytes,
+    *,
+    read_ahead: bool = False,
+    size_behind: bool = True,
+    preliminary: bytes = b"150 go ahead\r\n",
 ) -> AsyncIterator[tuple[int, list[str], bytearray]]:
     """An FTP server taking one STOR. Once the upload's data has ended it reads the client's
     next line (the SIZE sent behind the data) and answers with ``after_data`` (raw replies,
     any order). With ``read_ahead`` it reads that line before the data has ended, as a server
-    that reads commands during a transfer does; without ``size_behind`` it reads none."""
+    that reads commands during a transfer does; without ``size_behind`` it reads none. STOR
+    is answered with ``preliminary`` at once (empty: nothing but ``after_data``)."""
     heard: list[str] = []
     stored = bytearray()
     data_ended = asyncio.Event()
@@ -181,7 +186,7 @@ async def scripted_upload(
         while text := await next_line(reader):
             verb = text.split()[0].upper()
             if verb == "STOR":
-                writer.write(b"150 go ahead\r\n")
+                writer.write(preliminary)
                 await writer.drain()
                 if size_behind and read_ahead:
                     await next_line(reader)
@@ -205,9 +210,10 @@ async def scripted_upload(
         yield control_server.sockets[0].getsockname()[1], heard, stored
 
 
-async def upload(session: FTPSession) -> None:
+async def upload(session: FTPSession, count: int = 1) -> None:
     async def blocks() -> AsyncIterator[bytes]:
-        yield PAYLOAD
+        for _ in range(count):
+            yield PAYLOAD
 
     await session.store("/up.tmp", blocks(), ask_size=True)
 
@@ -293,3 +299,39 @@ async def test_a_size_behind_an_upload_that_is_never_answered_fails_it_once_then
         assert not session.traits.size_behind_upload
         assert session.is_broken
         await session.aclose()
+
+
+async def test_a_size_refused_before_the_150_does_not_fail_the_upload():
+    """500 (the SIZE, read first), 150, 226: the error was the SIZE's, the upload a success."""
+    after = b"500 Unknown command\r\n150 go ahead\r\n226 done\r\n"
+    async with scripted_upload(after, preliminary=b"") as (port, _heard, stored):
+        session = await session_on(port)
+        await upload(session)
+        assert bytes(stored) == PAYLOAD
+        assert session.announced_size is None
+        assert not session.traits.size_behind_upload
+        await session.aclose()
+
+
+async def test_a_refused_stor_fails_with_its_own_reply_not_its_sizes():
+    """553 (the STOR), then 550 (the SIZE of a file that is not there): the 553 is reported."""
+    after = b"553 Not allowed\r\n550 No such file\r\n"
+    async with scripted_upload(after, preliminary=b"") as (port, _heard, _stored):
+        session = await session_on(port)
+        with pytest.raises(FtpPoolerError) as caught:
+            await upload(session)
+        assert "553" in caught.value.message
+        await session.aclose()
+
+
+async def test_an_upload_streamed_after_its_150_sends_its_size_as_its_data_ends():
+    """Three blocks (data after the 150): the SIZE goes out at the end of the data, before
+    the 226, and one answer after the 226 is enough."""
+    async with scripted_upload(b"226 done\r\n213 15000\r\n") as (port, heard, stored):
+        session = await session_on(port)
+        await upload(session, count=3)
+        assert len(stored) == 15000
+        assert session.announced_size == 15000
+        assert session.traits.size_behind_upload
+        await session.aclose()
+    assert [line for line in heard if line.startswith("SIZE")] == ["SIZE /up.tmp"]

@@ -102,6 +102,8 @@ class FTPSession(SessionLifecycle):
         # it: see ServerTraits.size_in_150) or for the last STOR (a SIZE sent behind its data:
         # ServerTraits.size_behind_upload); None when it gave none.
         self.announced_size: int | None = None
+        # The SIZE sent with the last STOR was answered in order, and refused: ask MLST next.
+        self.size_refused = False
         self.traits = traits_of(connection)
         self._ahead: tuple[int, float] | None = None  # a passive port asked ahead, and when
         self.replaced_by_delete = 0  # renames that had to delete an existing target first
@@ -254,6 +256,7 @@ class FTPSession(SessionLifecycle):
         is asked for with the upload where the server allows it: ``announced_size`` then holds
         it (None: ask with :meth:`size`)."""
         self.announced_size = None
+        self.size_refused = False
         if self._tls is None:
             upload = self._plain_store(path, blocks, ask_size=ask_size)
             await self._run("destination", upload, path, bounded=False)
@@ -482,6 +485,7 @@ class FTPSession(SessionLifecycle):
             # The usual order: the transfer's reply first (an error first is the transfer's
             # own failure, unless the transfer's own 2xx follows it).
             wire.check(code, info, "2xx")
+            self.size_refused = second != "213"
             return _size_of("SIZE", second_info) if second == "213" else None
         # The SIZE was answered first (213, or refused while the transfer ran): its answer may
         # predate the upload's end, so it is not used.
@@ -522,6 +526,7 @@ class FTPSession(SessionLifecycle):
             self._learned("size_behind_upload", False, replies)
         trusted = answer[0] == "213" and asked > stor and outcome[0].startswith("2")
         size = _size_of("SIZE", answer[1]) if trusted else None
+        self.size_refused = asked > stor and outcome[0].startswith("2") and answer[0] != "213"
         return first is not None, outcome, size
 
     async def _passive_port(self) -> int:
@@ -584,16 +589,18 @@ class FTPSession(SessionLifecycle):
             f"transfer of {path} stalled: no bytes moved for {self.stall_timeout:.0f} s"
         )
 
-    async def size(self, path: str) -> int | None:
+    async def size(self, path: str, *, size_refused: bool = False) -> int | None:
         """The size of ``path`` in bytes from SIZE, else from MLST; None when the server
         answers neither (unsupported, or refused this time).
 
         Asked anew every time: a refusal says nothing about the next file (a server may answer
         one SIZE with 502 and the next with 213), so verification is never switched off.
+        With ``size_refused`` (this file's SIZE was just refused) only MLST is asked.
         """
 
         async def body() -> int | None:
-            for command, expected in ((f"SIZE {path}", "213"), (f"MLST {path}", "250")):
+            asks = [(f"SIZE {path}", "213"), (f"MLST {path}", "250")]
+            for command, expected in asks[1:] if size_refused else asks:
                 try:
                     info = await self.control.command(command, expected)
                 except aioftp.StatusCodeError:

@@ -252,8 +252,9 @@ class TransferRunner:
                     # The size the server gave with the upload (a SIZE sent behind its data,
                     # see ServerTraits.size_behind_upload), else asked now.
                     stored_size = session.announced_size
-                    if stored_size is None:
-                        stored_size = await session.size(temp_path)
+                    if stored_size is None:  # (MLST only, where that SIZE was refused)
+                        refused = session.size_refused
+                        stored_size = await session.size(temp_path, size_refused=refused)
                     verified = _check_size(stored_size, reader.size, task.dst_path)
                 await session.rename(temp_path, task.dst_path)
                 stored = False

@@ -335,3 +335,15 @@ async def test_an_upload_streamed_after_its_150_sends_its_size_as_its_data_ends(
         assert session.traits.size_behind_upload
         await session.aclose()
     assert [line for line in heard if line.startswith("SIZE")] == ["SIZE /up.tmp"]
+
+
+async def test_a_size_refused_after_the_226_keeps_the_saving_and_says_so():
+    """226 then 502: the upload succeeded, this SIZE was refused (the caller asks MLST, not SIZE
+    again), and the saving stays on: the refusal came in order."""
+    async with scripted_upload(b"226 done\r\n502 SIZE not here\r\n") as (port, _heard, _stored):
+        session = await session_on(port)
+        await upload(session)
+        assert session.announced_size is None
+        assert session.size_refused
+        assert session.traits.size_behind_upload
+        await session.aclose()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,36 @@ from pools.session import FTPSession
 
 PAYLOAD = b"x" * 5000
 _ids = itertools.count()
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# What every scripted server answers alike (the login, TYPE, QUIT).
+ROUTINE = {
+    "USER": b"331 pw\r\n",
+    "PASS": b"230 in\r\n",
+    "TYPE": b"200 ok\r\n",
+    "QUIT": b"221 bye\r\n",
+}
+
+
+@asynccontextmanager
+async def listening(
+    data: Handler, converse: Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Any]
+) -> AsyncIterator[int]:
+    """A data listener serving ``data`` and a control listener that greets, then hands each
+    connection to ``converse`` with the 229 reply naming the data port; yields that port."""
+    data_server = await asyncio.start_server(data, "127.0.0.1", 0)
+    port = data_server.sockets[0].getsockname()[1]
+    passive = f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted\r\n")
+        try:
+            await converse(reader, writer, passive)
+        finally:
+            writer.close()
+
+    control_server = await asyncio.start_server(control, "127.0.0.1", 0)
+    async with data_server, control_server:
+        yield control_server.sockets[0].getsockname()[1]
 
 
 @asynccontextmanager
@@ -29,18 +60,9 @@ async def scripted(after_data: bytes, rename: bytes = b"") -> AsyncIterator[tupl
         await writer.drain()
         writer.close()
 
-    data_server = await asyncio.start_server(data, "127.0.0.1", 0)
-    port = data_server.sockets[0].getsockname()[1]
-    passive = f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
-
-    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await converse(reader, writer)
-        finally:
-            writer.close()
-
-    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 scripted\r\n")
+    async def converse(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, passive: bytes
+    ) -> None:
         retr_done = False
         while line := await reader.readline():
             text = line.decode().strip()
@@ -55,18 +77,11 @@ async def scripted(after_data: bytes, rename: bytes = b"") -> AsyncIterator[tupl
             elif verb == "RNFR":
                 writer.write(rename)
             else:
-                reply = {
-                    "USER": b"331 pw\r\n",
-                    "PASS": b"230 in\r\n",
-                    "TYPE": b"200 ok\r\n",
-                    "QUIT": b"221 bye\r\n",
-                }
-                writer.write(reply.get(verb, passive if verb == "EPSV" else b""))
+                writer.write(ROUTINE.get(verb, passive if verb == "EPSV" else b""))
             await writer.drain()
 
-    control_server = await asyncio.start_server(control, "127.0.0.1", 0)
-    async with data_server, control_server:
-        yield control_server.sockets[0].getsockname()[1], heard
+    async with listening(data, converse) as port:
+        yield port, heard
 
 
 async def session_on(port: int, command_timeout: float = 5) -> FTPSession:
@@ -166,23 +181,14 @@ async def scripted_upload(
         data_ended.set()
         writer.close()
 
-    data_server = await asyncio.start_server(data, "127.0.0.1", 0)
-    port = data_server.sockets[0].getsockname()[1]
-    passive = f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
-
-    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await converse(reader, writer)
-        finally:
-            writer.close()
-
     async def next_line(reader: asyncio.StreamReader) -> str:
         text = (await reader.readline()).decode().strip()
         heard.append(text)
         return text
 
-    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 scripted\r\n")
+    async def converse(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, passive: bytes
+    ) -> None:
         while text := await next_line(reader):
             verb = text.split()[0].upper()
             if verb == "STOR":
@@ -194,20 +200,14 @@ async def scripted_upload(
                 if size_behind and not read_ahead:
                     await next_line(reader)
                 writer.write(after_data)
+            elif verb == "SIZE":
+                writer.write(b"213 %d\r\n" % len(stored))
             else:
-                reply = {
-                    "USER": b"331 pw\r\n",
-                    "PASS": b"230 in\r\n",
-                    "TYPE": b"200 ok\r\n",
-                    "QUIT": b"221 bye\r\n",
-                    "SIZE": b"213 %d\r\n" % len(stored),
-                }
-                writer.write(reply.get(verb, passive if verb == "EPSV" else b""))
+                writer.write(ROUTINE.get(verb, passive if verb == "EPSV" else b""))
             await writer.drain()
 
-    control_server = await asyncio.start_server(control, "127.0.0.1", 0)
-    async with data_server, control_server:
-        yield control_server.sockets[0].getsockname()[1], heard, stored
+    async with listening(data, converse) as port:
+        yield port, heard, stored
 
 
 async def upload(session: FTPSession, count: int = 1) -> None:

@@ -71,6 +71,9 @@ TRANSACTION_FLUSH_SECONDS = 10.0
 # terminationGracePeriodSeconds).
 STOP_MARGIN_SECONDS = 8.0
 KAFKA_STOP_STEP_SECONDS = 5.0
+# The least a watch decision under way is waited for on shutdown or rebalance (see
+# wait_for_in_flight), even when draining the tasks took the whole grace period.
+WATCH_SETTLE_SECONDS = 3.0
 
 
 class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
@@ -485,21 +488,23 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
         transfer forever): wait for in-flight tasks within the grace period, abandon the rest
         (their offsets stay uncommitted, so they are redelivered), then commit what finished."""
         grace = self.settings.worker.shutdown_grace_seconds
+        deadline = time.monotonic() + grace
         self.handler.releasing.set()
         try:
-            # One grace period for all three, waited for together (not one after another).
-            abandoned, _, watches_settled = await asyncio.gather(
-                self.in_flight.drain(grace),
-                self.retry_in_flight.drain(grace),
-                self.watches.settled(grace) if self.watches is not None else _true(),
+            abandoned, _ = await asyncio.gather(
+                self.in_flight.drain(grace), self.retry_in_flight.drain(grace)
             )
         finally:
             if not self._stopping:
                 self.handler.releasing.clear()  # a rebalance, not a shutdown: carry on
         if abandoned:
             log.warning("tasks_abandoned", count=abandoned, grace_seconds=grace)
-        if not watches_settled:
-            log.warning("watch_decision_abandoned", grace_seconds=grace)
+        # After the drain (a decision may start while tasks drain), within what is left of the
+        # grace period, but never less than a decision needs (a cut one produces its tasks
+        # again after the restart): a stop takes at most grace + WATCH_SETTLE_SECONDS here.
+        within = max(deadline - time.monotonic(), WATCH_SETTLE_SECONDS)
+        if self.watches is not None and not await self.watches.settled(within):
+            log.warning("watch_decision_abandoned", seconds=round(within, 1))
         try:
             # Bounded: a broker that does not answer must not hold a shutdown or rebalance.
             async with asyncio.timeout(KAFKA_STOP_STEP_SECONDS):
@@ -510,10 +515,6 @@ class FtpPoolerApp(BoundedWaitEmpty, ReadCommittedConsumer, faust.App):
                 await consumer.commit()
         except TimeoutError:
             log.warning("commit_timed_out", seconds=KAFKA_STOP_STEP_SECONDS)
-
-
-async def _true() -> bool:
-    return True
 
 
 def create_app(settings: Settings, registry: Registry) -> FtpPoolerApp:

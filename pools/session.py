@@ -391,7 +391,8 @@ class FTPSession(SessionLifecycle):
                 if ask_size and self.traits.size_behind_upload:
                     # Sent at the end of the data, without waiting for the final reply.
                     self.control.send(f"SIZE {path}")
-                    self.announced_size = await self._final_reply_and_size()
+                    _, (code, info), self.announced_size = await self._stor_replies(started=True)
+                    wire.check(code, info, "2xx")
                 else:
                     await self._final_reply(ask_ahead=False)
             except aioftp.StatusCodeError as exc:
@@ -467,37 +468,13 @@ class FTPSession(SessionLifecycle):
             if not (second.startswith("2") and not wire.is_passive_reply(second)):
                 wire.check(code, info, "2xx")
 
-    async def _final_reply_and_size(self) -> int | None:
-        """An upload's final reply (2xx, else StatusCodeError) with a SIZE sent before it came;
-        the size only when its answer came after the final reply, else None (ask again)."""
-        replies: list[tuple[str, list[str]]] = []
-        try:
-            async with asyncio.timeout(self._command_timeout):
-                replies.append(await self.control.raw_reply())
-                replies.append(await self.control.raw_reply())
-        except TimeoutError:
-            if replies:  # a server that dropped the SIZE read during the transfer: never again
-                self._learned("size_behind_upload", False, "no reply to a SIZE behind STOR")
-            raise
-        (code, info), (second, second_info) = replies
-        transfer_done_second = second.startswith("2") and second != "213"
-        if code != "213" and (code.startswith("2") or not transfer_done_second):
-            # The usual order: the transfer's reply first (an error first is the transfer's
-            # own failure, unless the transfer's own 2xx follows it).
-            wire.check(code, info, "2xx")
-            self.size_refused = second != "213"
-            return _size_of("SIZE", second_info) if second == "213" else None
-        # The SIZE was answered first (213, or refused while the transfer ran): its answer may
-        # predate the upload's end, so it is not used.
-        self._learned("size_behind_upload", False, [code, *info, second, *second_info])
-        wire.check(second, second_info, "2xx")
-        return None
-
-    async def _stor_replies(self) -> tuple[bool, tuple[str, list[str]], int | None]:
+    async def _stor_replies(
+        self, *, started: bool = False
+    ) -> tuple[bool, tuple[str, list[str]], int | None]:
         """The replies to a STOR whose data has all been sent and to the SIZE sent right behind
-        it, in whatever order they come: whether the STOR got its 1xx, the STOR's outcome (its
-        final reply, or its refusal), and the size when the SIZE was answered after that
-        outcome (else None: ask again).
+        it, in whatever order they come (``started``: the STOR's 1xx was read already): whether
+        the STOR got its 1xx, the STOR's outcome (its final reply, or its refusal), and the
+        size when the SIZE was answered after that outcome (else None: ask again).
 
         A reply's code says whose it is (1xx and a 2xx other than 213: the STOR's; 213: the
         SIZE's), except an error: one before the 1xx and followed by it is the SIZE's; of two
@@ -506,8 +483,7 @@ class FTPSession(SessionLifecycle):
         try:
             async with asyncio.timeout(self._command_timeout):
                 replies += [await self.control.raw_reply(), await self.control.raw_reply()]
-                started = any(code.startswith("1") for code, _ in replies)
-                if started:
+                if not started and any(code.startswith("1") for code, _ in replies):
                     replies.append(await self.control.raw_reply())
         except TimeoutError:
             if len(replies) >= 2:  # the SIZE read during the transfer and never answered
@@ -527,7 +503,7 @@ class FTPSession(SessionLifecycle):
         trusted = answer[0] == "213" and asked > stor and outcome[0].startswith("2")
         size = _size_of("SIZE", answer[1]) if trusted else None
         self.size_refused = asked > stor and outcome[0].startswith("2") and answer[0] != "213"
-        return first is not None, outcome, size
+        return started or first is not None, outcome, size
 
     async def _passive_port(self) -> int:
         try:

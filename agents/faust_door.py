@@ -11,6 +11,7 @@ import shutil
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -126,11 +127,36 @@ class BoundedWaitEmpty:
 # recreated, or the state was written by another consumer group. That crash repeats on every
 # restart. Here such a partition's local store is wiped, with one warning, and recovered from the
 # changelog like a fresh one: the changelog is the source of truth, the local store only a cache.
+#
+# A standby copy can have holes. After a short active recovery, Faust pauses the active changelog
+# partitions (tables/recovery.py:475), seeks the standby partitions (:505), asks for their
+# highwaters (:513) and only then resumes them (:544). The Fetcher's getmany still in flight holds
+# the consumer's live set of active partitions (transport/consumer.py:795), now empty; aiokafka
+# reads an empty set as "every partition" (aiokafka/consumer/fetcher.py:1221) and returns the
+# standby records just fetched from the seek, and Faust's getmany skips them, silently, as not
+# active (transport/consumer.py:760). The consumer's position is past them and nothing seeks back:
+# the records applied after them move the partition's persisted offset past the hole, and when
+# the copy becomes active, recovery reads on from that offset. A worker that joined and later took
+# a table over so lacked everything written before it joined. For a table marked with
+# rebuild_standby_copies (the watch table: a missing entry is a duplicate task), a partition kept
+# here as a standby is marked on disk, and when it becomes active here it is wiped and recovered
+# from the changelog's start (an active recovery reads up to the highwater before the agents go).
 # Hooked in with ``TableManager="agents.faust_door:RebuildingTableManager"``.
 
 
 class RebuildingRecovery(Recovery):
-    """Faust's recovery, with stale partitions rebuilt instead of ``ConsistencyError``."""
+    """Faust's recovery, with stale partitions rebuilt instead of ``ConsistencyError``, and the
+    standby copies of tables marked with :func:`rebuild_standby_copies` rebuilt on takeover."""
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        for tp in self.standby_tps:  # before any standby record is applied to the copy
+            marker = standby_marker(self.tp_to_table.get(tp), tp.partition)
+            if marker is not None:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
 
     async def _build_offsets(
         self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str
@@ -140,25 +166,63 @@ class RebuildingRecovery(Recovery):
             return
         highwaters = await consumer.highwaters(*tps)
         for tp in tps:
+            table = self.tp_to_table.get(tp)
             highwater = highwaters.get(tp)
             last = highwater - 1 if highwater is not None else -1  # as Faust compares them
             persisted = destination.get(tp)
-            if persisted is None or persisted <= last:
+            marker = standby_marker(table, tp.partition) if title == "active" else None
+            stale = persisted is not None and persisted > last
+            standby_copy = marker is not None and marker.exists()
+            if not stale and not standby_copy:
                 continue
-            table = self.tp_to_table.get(tp)
             wipe_partition(table, tp.partition)
             earliest = (await consumer.earliest_offsets(tp)).get(tp)
             destination[tp] = earliest - 1 if earliest else -1
-            log.warning(
-                "table_state_rebuilt",
-                table=getattr(table, "name", None),
-                changelog=tp.topic,
-                partition=tp.partition,
-                persisted_offset=persisted,
-                changelog_end=last,
-                reason="local state is ahead of the changelog (topic recreated, or state of "
-                "another consumer group): wiped and recovered from the changelog",
-            )
+            if marker is not None:
+                marker.unlink(missing_ok=True)  # what is read from here on is whole
+            if stale:
+                log.warning(
+                    "table_state_rebuilt",
+                    table=getattr(table, "name", None),
+                    changelog=tp.topic,
+                    partition=tp.partition,
+                    persisted_offset=persisted,
+                    changelog_end=last,
+                    reason="local state is ahead of the changelog (topic recreated, or state of "
+                    "another consumer group): wiped and recovered from the changelog",
+                )
+            else:
+                log.info(
+                    "table_standby_copy_rebuilt",
+                    table=getattr(table, "name", None),
+                    changelog=tp.topic,
+                    partition=tp.partition,
+                    persisted_offset=persisted,
+                    changelog_end=last,
+                    reason="a standby copy can miss records (Faust skips standby records fetched "
+                    "before it resumes the partition): wiped and recovered from the changelog",
+                )
+
+
+REBUILD_STANDBY_COPIES = "_ftp_pooler_rebuild_standby_copies"
+
+
+def rebuild_standby_copies(table: Any) -> None:
+    """Mark ``table``: a partition of it kept here as a standby is recovered from the start of
+    its changelog, not from the standby copy, when it becomes active here (see above)."""
+    setattr(table, REBUILD_STANDBY_COPIES, True)
+
+
+def standby_marker(table: Any, partition: int) -> Path | None:
+    """The file beside a marked table's partition store that says the store was written as a
+    standby copy (None for an unmarked table, or a store with no local files)."""
+    if not getattr(table, REBUILD_STANDBY_COPIES, False):
+        return None
+    partition_path = getattr(getattr(table, "data", None), "partition_path", None)
+    if partition_path is None:
+        return None  # an in-memory store: nothing persisted, recovery reads the whole changelog
+    path = Path(partition_path(partition))
+    return path.with_name(f"{path.name}.standby")
 
 
 def wipe_partition(table: Any, partition: int) -> None:

@@ -38,6 +38,7 @@ import faust
 import mode
 import structlog
 
+from agents import faust_door
 from models.watch import ListedFile, WatchSettings, table_key, task_for
 from pools.listing import Entry, ListingSession, list_directory, supports_mlsd
 
@@ -351,10 +352,12 @@ def declare(app: faust.App) -> tuple[Any, Any]:
         value_serializer="json",
     )
     # Keys "<watch>|<path>" -> {size, modify, scan, seen[, task_id]}; "<watch>" -> figures.
-    # recovery_buffer_size=1 (and so standby_buffer_size=1): with Faust's default buffer of
-    # 1,000, a standby that took over after the owner left had only the changelog records that
-    # arrived after it joined (tests/compat/test_watch_e2e.py produced 10 duplicate tasks of 20);
-    # applied one by one, the standby's copy is whole when it becomes the owner.
+    # recovery_buffer_size=1 (and so standby_buffer_size=1): records applied one by one. That
+    # alone does not make a standby copy whole: Faust can drop standby records it fetched (see
+    # agents/faust_door.py), and a worker that took over after the owner left then lacked the
+    # records written before it joined (tests/compat/test_watch_e2e.py: 10 duplicate tasks of
+    # 20). So a copy kept as a standby is not trusted: the new owner recovers the table from the
+    # start of the changelog (rebuild_standby_copies), before its agent decides anything.
     table = app.Table(
         TABLE_NAME,
         default=None,
@@ -363,4 +366,5 @@ def declare(app: faust.App) -> tuple[Any, Any]:
         key_type=str,
         help="Files the directory watches have seen, and the task each became.",
     )
+    faust_door.rebuild_standby_copies(table)
     return topic, table

@@ -180,3 +180,94 @@ def test_the_datadir_flag_default_is_fausts_private_constant():
     assert not faust_door.datadir_flag_given(None)
     assert not faust_door.datadir_flag_given(_env.DATADIR)
     assert faust_door.datadir_flag_given("/somewhere/else")
+
+
+# -- standby copies of a marked table are rebuilt on takeover ----------------------------------
+class _Store:
+    """A RocksDB store as the rebuilding recovery sees it: a db per partition on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dbs: dict[int, object] = {0: object()}
+        self._key_index: dict[bytes, int] = {b"k": 0}
+        self.partition_path(0).mkdir()
+        (self.partition_path(0) / "CURRENT").write_text("")
+
+    def partition_path(self, partition: int) -> Path:
+        return self.root / f"watch_seen-{partition}.db"
+
+
+class _Table:
+    def __init__(self, root: Path) -> None:
+        self.name = "watch_seen"
+        self.data = _Store(root)
+
+    def persisted_offset(self, tp: TP) -> int:
+        return 40  # what the standby copy applied last, past its hole
+
+
+class _Consumer:
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 43)
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 0)
+
+
+def _recovery(table: _Table, tp: TP, roles: dict[str, set[TP]]) -> faust_door.RebuildingRecovery:
+    from types import SimpleNamespace
+
+    app = SimpleNamespace(
+        conf=SimpleNamespace(stream_recovery_delay=0.0),
+        consumer_generation_id=1,
+        assignor=SimpleNamespace(
+            assigned_standbys=lambda: roles["standby"], assigned_actives=lambda: roles["active"]
+        ),
+        _rebalancing_span=None,
+        tracer=None,
+    )
+    tables = SimpleNamespace(_changelogs={tp.topic: table})
+    return faust_door.RebuildingRecovery(app, tables)  # type: ignore[arg-type]
+
+
+async def _standby_then_active(table: _Table) -> tuple[faust_door.RebuildingRecovery, TP]:
+    """The partition is a standby here for one generation, then becomes active here."""
+    tp = TP("g-watch_seen-changelog", 0)
+    roles: dict[str, set[TP]] = {"standby": {tp}, "active": set()}
+    recovery = _recovery(table, tp, roles)
+    await recovery.on_rebalance({tp}, set(), {tp}, generation_id=1)
+    roles.update(standby=set(), active={tp})
+    await recovery.on_rebalance({tp}, set(), set(), generation_id=1)
+    await recovery._build_offsets(_Consumer(), {tp}, recovery.active_offsets, "active")
+    return recovery, tp
+
+
+async def test_a_marked_tables_standby_copy_is_recovered_from_the_start_on_takeover(tmp_path):
+    """Faust can skip standby records (see faust_door), so a marked table's partition that was
+    a standby here is wiped and read from the changelog's start when it becomes active here,
+    not from the standby's persisted offset (40, past a hole)."""
+    table = _Table(tmp_path)
+    faust_door.rebuild_standby_copies(table)
+    recovery, tp = await _standby_then_active(table)
+    assert recovery.active_offsets[tp] == -1  # everything from offset 0 on
+    assert not table.data.partition_path(0).exists() and 0 not in table.data._dbs
+    assert not table.data._key_index
+    assert list(tmp_path.iterdir()) == []  # the standby marker is gone with the copy
+
+
+async def test_an_unmarked_tables_standby_copy_is_trusted(tmp_path):
+    """Other tables (task status, session reports) keep Faust's behaviour: recovery reads on
+    from the copy's persisted offset."""
+    table = _Table(tmp_path)
+    recovery, tp = await _standby_then_active(table)
+    assert recovery.active_offsets[tp] == 40
+    assert table.data.partition_path(0).exists() and 0 in table.data._dbs
+
+
+def test_the_watch_table_is_marked():
+    """agents/watch.py marks its table: the new owner of a watch never decides on a standby copy."""
+    from agents.watch import declare
+
+    app = faust.App("door-test-watch", autodiscover=False, store="memory://")
+    _, table = declare(app)
+    assert getattr(table, faust_door.REBUILD_STANDBY_COPIES, False) is True

@@ -180,28 +180,30 @@ class RebuildingRecovery(Recovery):
             destination[tp] = earliest - 1 if earliest else -1
             if marker is not None:
                 marker.unlink(missing_ok=True)  # what is read from here on is whole
-            if stale:
-                log.warning(
-                    "table_state_rebuilt",
-                    table=getattr(table, "name", None),
-                    changelog=tp.topic,
-                    partition=tp.partition,
-                    persisted_offset=persisted,
-                    changelog_end=last,
-                    reason="local state is ahead of the changelog (topic recreated, or state of "
-                    "another consumer group): wiped and recovered from the changelog",
-                )
-            else:
-                log.info(
-                    "table_standby_copy_rebuilt",
-                    table=getattr(table, "name", None),
-                    changelog=tp.topic,
-                    partition=tp.partition,
-                    persisted_offset=persisted,
-                    changelog_end=last,
-                    reason="a standby copy can miss records (Faust skips standby records fetched "
-                    "before it resumes the partition): wiped and recovered from the changelog",
-                )
+            event, reason = (
+                ("table_state_rebuilt", STALE_REASON)
+                if stale
+                else ("table_standby_copy_rebuilt", STANDBY_REASON)
+            )
+            (log.warning if stale else log.info)(
+                event,
+                table=getattr(table, "name", None),
+                changelog=tp.topic,
+                partition=tp.partition,
+                persisted_offset=persisted,
+                changelog_end=last,
+                reason=reason,
+            )
+
+
+STALE_REASON = (
+    "local state is ahead of the changelog (topic recreated, or state of another consumer "
+    "group): wiped and recovered from the changelog"
+)
+STANDBY_REASON = (
+    "a standby copy can miss records (Faust skips standby records fetched before it resumes "
+    "the partition): wiped and recovered from the changelog"
+)
 
 
 REBUILD_STANDBY_COPIES = "_ftp_pooler_rebuild_standby_copies"

@@ -231,7 +231,10 @@ class FTPSession(SessionLifecycle):
         return self._control
 
     async def retrieve(self, path: str, on_block: Callable[[bytes], Awaitable[None]]) -> None:
-        """RETR ``path``, passing each block to ``on_block`` as it arrives."""
+        """RETR ``path``, passing each block to ``on_block`` as it arrives (then
+        :meth:`transferred_size` says how long the server says it is)."""
+        self.announced_size = None
+        self.size_refused = False
         if self._tls is None:
             await self._run("source", self._plain_retrieve(path, on_block), path, bounded=False)
             return
@@ -253,8 +256,8 @@ class FTPSession(SessionLifecycle):
         self, path: str, blocks: AsyncIterator[bytes], *, ask_size: bool = False
     ) -> None:
         """STOR ``path`` from an async iterator of blocks. With ``ask_size``, the stored length
-        is asked for with the upload where the server allows it: ``announced_size`` then holds
-        it (None: ask with :meth:`size`)."""
+        is asked for with the upload where the server allows it (then :meth:`transferred_size`
+        needs no round trip)."""
         self.announced_size = None
         self.size_refused = False
         if self._tls is None:
@@ -279,7 +282,6 @@ class FTPSession(SessionLifecycle):
     async def _plain_retrieve(
         self, path: str, on_block: Callable[[bytes], Awaitable[None]]
     ) -> None:
-        self.announced_size = None
         ask_size = self.traits.size_in_150 is False
         for last_try in (False, True):
             async with asyncio.timeout(self._command_timeout):
@@ -564,6 +566,15 @@ class FTPSession(SessionLifecycle):
         return TransferIOError(
             f"transfer of {path} stalled: no bytes moved for {self.stall_timeout:.0f} s"
         )
+
+    async def transferred_size(self, path: str) -> int | None:
+        """The size of ``path`` as the server reports it right after this session's last
+        transfer of it: the one given with the transfer (``announced_size``: a 150 reply, or a
+        SIZE sent with the RETR or behind the STOR's data), else asked now with :meth:`size`
+        (MLST only, where the SIZE sent with the upload was refused)."""
+        if self.announced_size is not None:
+            return self.announced_size
+        return await self.size(path, size_refused=self.size_refused)
 
     async def size(self, path: str, *, size_refused: bool = False) -> int | None:
         """The size of ``path`` in bytes from SIZE, else from MLST; None when the server

@@ -193,11 +193,8 @@ class TransferRunner:
                 await session.retrieve(task.src_path, target.write)
                 verified = False
                 if self.verify_size:
-                    # The size the server gave with the RETR (its 150 reply, or a SIZE sent
-                    # with it), else SIZE, else MLST after it.
-                    expected = session.announced_size
-                    if expected is None:
-                        expected = await session.size(task.src_path)
+                    # Given with the RETR (its 150 reply, or a SIZE sent with it), else asked.
+                    expected = await session.transferred_size(task.src_path)
                     verified = _check_size(expected, target.size, task.src_path)
                 if action.active:
                     await target.commit()
@@ -249,12 +246,9 @@ class TransferRunner:
                 await session.store(temp_path, reader.blocks(handle), ask_size=self.verify_size)
                 verified = False
                 if self.verify_size:
-                    # The size the server gave with the upload (a SIZE sent behind its data,
-                    # see ServerTraits.size_behind_upload), else asked now.
-                    stored_size = session.announced_size
-                    if stored_size is None:  # (MLST only, where that SIZE was refused)
-                        refused = session.size_refused
-                        stored_size = await session.size(temp_path, size_refused=refused)
+                    # Given with the upload (a SIZE sent behind its data, see
+                    # ServerTraits.size_behind_upload), else asked.
+                    stored_size = await session.transferred_size(temp_path)
                     verified = _check_size(stored_size, reader.size, task.dst_path)
                 await session.rename(temp_path, task.dst_path)
                 stored = False
